@@ -70,7 +70,7 @@ class StorageConfig(_Section):
     max_retry_count: int = Field(default=5, ge=1, le=1000)
     durability: Durability = "full"
     sync_mode: SyncMode = "async"
-    #: Seconds ``sync_mode="sync"`` writes wait for the relay before returning with the write queued.
+    #: Seconds a ``sync_mode="sync"`` write waits for the relay (then returns, write queued).
     sync_timeout: float = Field(default=5.0, gt=0, le=600)
     #: Seconds a writer waits for another connection's lock before StorageBusy.
     busy_timeout: float = Field(default=30.0, gt=0, le=3600)
@@ -198,9 +198,7 @@ def _env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> dict[s
     return overrides
 
 
-def _build(
-    model: type[_Model], values: dict[str, Any], *, source: str, section: str
-) -> _Model:
+def _build(model: type[_Model], values: dict[str, Any], *, source: str, section: str) -> _Model:
     try:
         return model.model_validate(values)
     except ValidationError as exc:

@@ -19,11 +19,18 @@ monotonic.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from commander_os.identifiers import AGENT_ID_PATTERN, MAX_KEY_BYTES, TABLE_NAME_PATTERN
 
@@ -81,10 +88,10 @@ def split_version(version: int) -> tuple[int, int]:
 def format_ts(moment: datetime | float) -> str:
     """Render a UTC timestamp the way the wire carries it: ``2026-11-27T02:33:27.123456Z``."""
     if not isinstance(moment, datetime):
-        moment = datetime.fromtimestamp(moment, tz=timezone.utc)
+        moment = datetime.fromtimestamp(moment, tz=UTC)
     elif moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Strict(BaseModel):
@@ -107,8 +114,8 @@ class ChangeRecord(_Strict):
     def _utc(cls, value: datetime) -> datetime:
         # A naive timestamp is taken to be UTC, as the protocol says every ts is.
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _data_matches_op(self) -> ChangeRecord:
@@ -145,7 +152,7 @@ class Ack(_Strict):
     ignored: int = Field(description="records that were stale or duplicates (already applied)")
 
 
-class FilterOp(str, Enum):
+class FilterOp(StrEnum):
     """Comparison operators of a query's ``where`` clauses."""
 
     EQ = "eq"
@@ -218,7 +225,7 @@ class QueryRequest(_Strict):
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
     def agent_ids(self) -> list[str] | None:

@@ -1,0 +1,216 @@
+"""AgentStorage: a key-value store of JSON values, for agents that need nothing more.
+
+>>> storage = AgentStorage(agent_id="my-agent", data_dir=Path("./data/agents/my-agent"),
+...                        enable_htpc=False)
+>>> storage.set("config", {"setting": "value"})
+>>> storage.get("config")
+{'setting': 'value'}
+
+Values are anything JSON can hold (dicts, lists, strings, numbers, booleans, None); anything
+else raises ``TypeError`` naming the key. Keys are non-empty strings of at most 1 KiB. Every
+method has an ``a``-prefixed twin (``aset``, ``aget``, ...) that runs it off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from commander_os.errors import ValueTooLarge
+from commander_os.identifiers import validate_key
+from commander_os.storage.base_storage import BaseStorage, run_in_thread
+from commander_os.storage.migrations import Migration
+from commander_os.storage.outbox import SyncedTable
+
+__all__ = ["KV_TABLE", "AgentStorage"]
+
+KV_TABLE = "kv"
+
+CREATE_KV = """
+CREATE TABLE kv (
+    key        TEXT PRIMARY KEY NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID
+"""
+UPSERT = (
+    "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+SELECT_VALUE = "SELECT value FROM kv WHERE key = ?"
+SELECT_EXISTS = "SELECT 1 FROM kv WHERE key = ?"
+DELETE = "DELETE FROM kv WHERE key = ?"
+SELECT_ALL = "SELECT key, value FROM kv ORDER BY key"
+SELECT_RANGE = "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key"
+SELECT_FROM = "SELECT key, value FROM kv WHERE key >= ? ORDER BY key"
+SELECT_KEYS = "SELECT key FROM kv ORDER BY key"
+SELECT_KEYS_RANGE = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key"
+SELECT_KEYS_FROM = "SELECT key FROM kv WHERE key >= ? ORDER BY key"
+COUNT = "SELECT COUNT(*) FROM kv"
+
+# orjson would quietly turn these into strings or objects; a value must round-trip as it was.
+_ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_MISSING = object()
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    Keys compare as UTF-8 bytes (SQLite's BINARY collation), which orders like code points,
+    so bumping the last code point below U+10FFFF gives the bound. None means "no bound".
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            successor = last + 1
+            if 0xD800 <= successor <= 0xDFFF:
+                successor = 0xE000  # surrogates cannot be stored; skip over them
+            return "".join(chars) + chr(successor)
+    return None
+
+
+class AgentStorage(BaseStorage):
+    """Key-value storage for an agent, built on :class:`BaseStorage` (table ``kv``, synced)."""
+
+    migrations = (Migration(1, "key-value table", CREATE_KV),)
+    synced_tables = (SyncedTable(KV_TABLE, ("key",), ("value",)),)
+
+    def _encode(self, key: str, value: Any) -> str:
+        try:
+            encoded = orjson.dumps(value, option=_ENCODE_OPTIONS)
+        except TypeError as exc:
+            raise TypeError(f"value for key {key!r} is not JSON-serialisable: {exc}") from None
+        if len(encoded) > self.config.max_value_bytes:
+            raise ValueTooLarge(
+                f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "
+                f"{self.config.max_value_bytes} (max_value_bytes)"
+            )
+        return encoded.decode()
+
+    # ------------------------------------------------------------------------------ writes
+
+    def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key``, durably, replacing any previous value.
+
+        Raises ``TypeError`` if the value is not JSON-serialisable, :class:`InvalidKey` for a
+        bad key, :class:`ValueTooLarge` past ``max_value_bytes``.
+        """
+        validate_key(key)
+        self._write(UPSERT, (key, self._encode(key, value), time.time()))
+
+    def set_many(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> int:
+        """Store many values in one transaction (all or nothing); return how many."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        now = time.time()
+        rows = [(validate_key(key), self._encode(key, value), now) for key, value in pairs]
+        if rows:
+            self._write(UPSERT, rows, many=True)
+        return len(rows)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return True if it existed."""
+        validate_key(key)
+        return self._write(DELETE, (key,)) > 0
+
+    # ------------------------------------------------------------------------------- reads
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under ``key``, or ``default`` when there is none."""
+        validate_key(key)
+        with self._lock:
+            row = self._require_open().execute(SELECT_VALUE, (key,)).fetchone()
+        return default if row is None else orjson.loads(row[0])
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The stored values of ``keys``; keys without a value are left out."""
+        found: dict[str, Any] = {}
+        wanted = [validate_key(key) for key in keys]
+        with self._lock:
+            conn = self._require_open()
+            for key in wanted:
+                row = conn.execute(SELECT_VALUE, (key,)).fetchone()
+                if row is not None:
+                    found[key] = row[0]
+        return {key: orjson.loads(text) for key, text in found.items()}
+
+    def exists(self, key: str) -> bool:
+        """True if a value is stored under ``key``."""
+        validate_key(key)
+        with self._lock:
+            return self._require_open().execute(SELECT_EXISTS, (key,)).fetchone() is not None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(key) and self.exists(key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._require_open().execute(COUNT).fetchone()[0])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key (starting with ``prefix``), sorted."""
+        with self._lock:
+            cursor = self._scan(SELECT_KEYS, SELECT_KEYS_RANGE, SELECT_KEYS_FROM, prefix)
+            return [row[0] for row in cursor]
+
+    def list_all(self, prefix: str = "") -> dict[str, Any]:
+        """Every key and value (whose key starts with ``prefix``), sorted by key."""
+        with self._lock:
+            rows = self._scan(SELECT_ALL, SELECT_RANGE, SELECT_FROM, prefix).fetchall()
+        return {key: orjson.loads(text) for key, text in rows}
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """``(key, value)`` pairs sorted by key, read as one consistent snapshot."""
+        yield from self.list_all(prefix).items()
+
+    def _scan(self, all_sql: str, range_sql: str, from_sql: str, prefix: str) -> Any:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        conn = self._require_open()
+        if not prefix:
+            return conn.execute(all_sql)
+        end = _prefix_end(prefix)
+        if end is None:
+            return conn.execute(from_sql, (prefix,))
+        return conn.execute(range_sql, (prefix, end))
+
+    # ------------------------------------------------------------------------ async twins
+
+    async def aset(self, key: str, value: Any) -> None:
+        """:meth:`set` off the event loop."""
+        await run_in_thread(self.set, key, value)
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        """:meth:`get` off the event loop."""
+        return await run_in_thread(self.get, key, default)
+
+    async def adelete(self, key: str) -> bool:
+        """:meth:`delete` off the event loop."""
+        return await run_in_thread(self.delete, key)
+
+    async def aexists(self, key: str) -> bool:
+        """:meth:`exists` off the event loop."""
+        return await run_in_thread(self.exists, key)
+
+    async def aset_many(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> int:
+        """:meth:`set_many` off the event loop."""
+        return await run_in_thread(self.set_many, items)
+
+    async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """:meth:`get_many` off the event loop."""
+        return await run_in_thread(self.get_many, list(keys))
+
+    async def akeys(self, prefix: str = "") -> list[str]:
+        """:meth:`keys` off the event loop."""
+        return await run_in_thread(self.keys, prefix)
+
+    async def alist_all(self, prefix: str = "") -> dict[str, Any]:
+        """:meth:`list_all` off the event loop."""
+        return await run_in_thread(self.list_all, prefix)
+
+
+_ = Path  # the doctest above uses Path

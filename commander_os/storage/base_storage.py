@@ -1,0 +1,540 @@
+"""BaseStorage: one agent's SQLite database, its migrations, its sync queue and its health.
+
+Subclass it to give an agent its own schema::
+
+    class NotesStorage(BaseStorage):
+        migrations = (
+            Migration(1, "notes", "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT NOT NULL)"),
+        )
+        synced_tables = (SyncedTable("notes"),)
+
+        def add_note(self, note_id: str, body: str) -> None:
+            with self.transaction() as conn:
+                conn.execute("INSERT INTO notes VALUES (?, ?)", (note_id, body))
+
+Every change to a synced table lands in the sync queue in the same transaction (triggers), and
+a background :class:`~commander_os.storage.sync.SyncWorker` ships the queue to the relay when
+``enable_htpc`` is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+
+from commander_os.config import StorageConfig, load_storage_config
+from commander_os.errors import StorageClosed
+from commander_os.identifiers import validate_agent_id
+from commander_os.storage import db, outbox
+from commander_os.storage.migrations import Migration, current_version, run_migrations
+from commander_os.storage.outbox import SyncedTable
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from commander_os.network.client import RelayClient
+    from commander_os.storage.sync import SyncWorker
+
+__all__ = ["DB_SUFFIX", "BaseStorage", "Migration", "SyncedTable"]
+
+DB_SUFFIX = ".db"
+#: Versions carry ``epoch << 32 | seq``; epochs count seconds from this moment (2025-01-01 UTC)
+#: so that they fit 31 bits for the next sixty-odd years.
+EPOCH_BASE = 1735689600
+#: Start a new epoch before the local sequence number could overflow its 32 bits.
+_SEQ_LIMIT = 2**31
+
+SELECT_META = "SELECT value FROM _sync_meta WHERE key = ?"
+UPSERT_META = (
+    "INSERT INTO _sync_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = '_sync_queue'"
+RESET_SEQ = "UPDATE sqlite_sequence SET seq = 0 WHERE name = '_sync_queue'"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_live_stores: weakref.WeakSet[BaseStorage] = weakref.WeakSet()
+
+
+def new_epoch(previous: int = 0) -> int:
+    """An epoch greater than ``previous`` and than any epoch begun before now."""
+    return max(previous + 1, int(time.time()) - EPOCH_BASE)
+
+
+class _Closed:
+    """What ``close()`` returns: already done, and awaitable so ``await storage.close()`` works."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+class BaseStorage:
+    """An agent's local SQLite store (WAL), with migrations, sync capture and health.
+
+    ``agent_id`` must match :data:`~commander_os.identifiers.AGENT_ID_PATTERN`; the database
+    is ``data_dir / f"{agent_id}.db"``. Settings come from ``config`` (a
+    :class:`~commander_os.config.StorageConfig`) and are overridden by the keyword arguments.
+
+    Raises :class:`~commander_os.errors.InvalidAgentId` before touching the disk if the id is
+    not acceptable, :class:`~commander_os.errors.SchemaTooNew` if the database was written by
+    newer code.
+    """
+
+    #: The schema of this storage class, in order (versions 1, 2, 3, ...).
+    migrations: ClassVar[Sequence[Migration]] = ()
+    #: Tables whose changes are shipped to the relay.
+    synced_tables: ClassVar[Sequence[SyncedTable]] = ()
+
+    def __init__(
+        self,
+        agent_id: str,
+        data_dir: Path | str,
+        htpc_url: str | None = None,
+        enable_htpc: bool | None = None,
+        *,
+        config: StorageConfig | None = None,
+        **settings: Any,
+    ) -> None:
+        self.agent_id = validate_agent_id(agent_id)
+        overrides = {"htpc_url": htpc_url, "enable_htpc": enable_htpc, **settings}
+        self.config = _merge_config(config, overrides)
+        self.data_dir = Path(data_dir)
+        self.db_path = self.data_dir / f"{self.agent_id}{DB_SUFFIX}"
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._closed = False
+        self._worker: SyncWorker | None = None
+        self._relay: RelayClient | None = None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._conn = self._open_connection()
+        try:
+            self._prepare_schema()
+        except BaseException:
+            self._conn.close()
+            raise
+        self._pid = os.getpid()
+        _live_stores.add(self)
+        if self.config.enable_htpc:
+            self._start_worker()
+
+    # ----------------------------------------------------------------- construction helpers
+
+    @classmethod
+    def from_config(cls, agent_id: str, path: Path | str | None = None, **settings: Any) -> Self:
+        """Open the store of ``agent_id`` as ``config/storage_config.yaml`` describes it.
+
+        The database lives in ``local_data_dir / agent_id``. ``COMMANDER_OS_*`` environment
+        variables override the file; keyword arguments override both.
+        """
+        config = load_storage_config(path)
+        data_dir = config.local_data_dir / validate_agent_id(agent_id)
+        return cls(agent_id, data_dir, config=config, **settings)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        return db.connect(
+            self.db_path, durability=self.config.durability, busy_timeout=self.config.busy_timeout
+        )
+
+    def _prepare_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in outbox.split_internal_schema():
+                conn.execute(statement)
+            self._ensure_epoch(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        run_migrations(conn, self.migrations, where=str(self.db_path))
+        with self.transaction() as tx:
+            for table in self.synced_tables:
+                self._register(tx, table)
+
+    def _ensure_epoch(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(SELECT_META, ("epoch",)).fetchone()
+        last_seq = conn.execute(SELECT_LAST_SEQ).fetchone()
+        if row is None:
+            conn.execute(UPSERT_META, ("epoch", str(new_epoch())))
+        elif last_seq is not None and last_seq[0] >= _SEQ_LIMIT and not outbox.queue_size(conn):
+            conn.execute(UPSERT_META, ("epoch", str(new_epoch(int(row[0])))))
+            conn.execute(RESET_SEQ)
+
+    def _register(self, conn: sqlite3.Connection, table: SyncedTable) -> None:
+        resolved = outbox.register_table(conn, table)
+        if self.config.enable_htpc:
+            outbox.install_triggers(conn, resolved)
+        else:
+            outbox.drop_triggers(conn, resolved.name)
+
+    def register_synced_table(
+        self,
+        name: str,
+        *,
+        primary_key: Sequence[str] = (),
+        json_columns: Sequence[str] = (),
+    ) -> None:
+        """Capture every future insert, update and delete of table ``name`` for the relay.
+
+        ``primary_key`` defaults to the table's declared primary key. ``json_columns`` hold
+        JSON text that should travel as embedded JSON. Raises ``ValueError`` for an unknown
+        table or one without a primary key.
+        """
+        table = SyncedTable(name, tuple(primary_key), tuple(json_columns))
+        with self.transaction() as conn:
+            self._register(conn, table)
+
+    # ------------------------------------------------------------------------ connection
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The store's SQLite connection (autocommit; use :meth:`transaction` to group writes).
+
+        Raw SQL on it is captured for sync like everything else.
+        """
+        return self._require_open()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageClosed(f"storage of agent {self.agent_id!r} is closed")
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group writes into one atomic transaction (``BEGIN IMMEDIATE``).
+
+        Nested use makes a savepoint: an exception inside the inner block rolls back only the
+        inner block. Raises :class:`~commander_os.errors.StorageBusy` if the database stays
+        locked by another process for longer than ``busy_timeout``.
+        """
+        with self._lock:
+            conn = self._require_open()
+            depth = self._depth
+            savepoint = f"_sp{depth}"
+            try:
+                conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise db.translate_error(exc, "cannot start a write transaction") from exc
+            self._depth = depth + 1
+            try:
+                yield conn
+            except BaseException:
+                self._depth = depth
+                if depth:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+                elif conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._depth = depth
+            try:
+                conn.execute(f"RELEASE {savepoint}" if depth else "COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction and not depth:
+                    conn.execute("ROLLBACK")
+                raise db.translate_error(exc, "cannot commit") from exc
+            seq = self._seq_to_wait_for(conn) if not depth else 0
+        if not depth:
+            self._committed(seq)
+
+    def _write(self, sql: str, params: Any, *, many: bool = False) -> int:
+        """Run one write statement in its own transaction (or the caller's); return rowcount.
+
+        The hot path of ``set()`` and friends: the same steps as :meth:`transaction`, without
+        the generator machinery.
+        """
+        with self._lock:
+            conn = self._require_open()
+            if self._depth:
+                cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+                return cursor.rowcount
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise db.translate_error(exc, "write failed") from exc
+            rowcount = cursor.rowcount
+            seq = self._seq_to_wait_for(conn)
+        self._committed(seq)
+        return rowcount
+
+    def _seq_to_wait_for(self, conn: sqlite3.Connection) -> int:
+        # Only sync_mode="sync" waits for the relay, so only it pays for reading the seq.
+        if self.config.sync_mode == "sync" and self._worker is not None:
+            return self._last_seq(conn)
+        return 0
+
+    def _committed(self, seq: int) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.notify()
+            if seq:
+                worker.wait_acked(seq, self.config.sync_timeout)
+
+    def _last_seq(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute(SELECT_LAST_SEQ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # ------------------------------------------------------------------------- sync queue
+
+    def _start_worker(self) -> None:
+        from commander_os.storage.sync import SyncWorker
+
+        self._worker = SyncWorker.for_storage(self)
+        self._worker.start()
+
+    @property
+    def sync_worker(self) -> SyncWorker | None:
+        """The worker shipping this store's queue, or None when ``enable_htpc`` is off."""
+        return self._worker
+
+    def get_sync_queue_size(self) -> int:
+        """Number of local changes waiting to reach the relay."""
+        with self._lock:
+            return outbox.queue_size(self._require_open())
+
+    async def process_sync_queue(self, batch_size: int | None = None) -> int:
+        """Ship the queue to the relay now; return how many changes the relay acknowledged.
+
+        Returns 0 when ``enable_htpc`` is off. Raises a :class:`~commander_os.errors.RelayError`
+        if the relay cannot be reached (the queue is kept).
+        """
+        worker = self._worker
+        if worker is None:
+            return 0
+        return await asyncio.to_thread(worker.drain, batch_size or self.config.sync_batch_size)
+
+    def wait_for_sync(self, timeout: float | None = None) -> bool:
+        """Block until everything written so far is on the relay; False on timeout."""
+        worker = self._worker
+        if worker is None:
+            return True
+        with self._lock:
+            seq = self._last_seq(self._require_open())
+        return worker.wait_acked(seq, timeout)
+
+    # ------------------------------------------------------------------- network queries
+
+    @property
+    def relay(self) -> RelayClient:
+        """A client for the configured relay(s), for network-wide reads."""
+        with self._lock:
+            if self._relay is None:
+                from commander_os.network.client import RelayClient
+                from commander_os.storage.sync import read_token
+
+                self._relay = RelayClient(
+                    self.config.relay_urls(),
+                    token=read_token(self.config),
+                    timeout=self.config.request_timeout,
+                    verify=self.config.htpc_ca_file or True,
+                )
+            return self._relay
+
+    def query_network(
+        self,
+        *,
+        agent_id: str | Sequence[str] | None = None,
+        table: str | None = None,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        where: Sequence[Mapping[str, Any] | tuple[str, str, Any]] = (),
+        updated_since: datetime | str | None = None,
+        include_deleted: bool = False,
+        page_size: int = 100,
+        max_records: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Query every agent's data on the relay (``/relay/query``), following cursors.
+
+        ``where`` clauses are ``{"field": "value.theme", "op": "eq", "value": "dark"}`` dicts
+        or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
+        key, data, version, ts, deleted``). Raises :class:`~commander_os.errors.RelayError`.
+        """
+        clauses = [
+            dict(clause)
+            if isinstance(clause, Mapping)
+            else {"field": clause[0], "op": clause[1], "value": clause[2]}
+            for clause in where
+        ]
+        since = updated_since.isoformat() if isinstance(updated_since, datetime) else updated_since
+        agents = agent_id if agent_id is None or isinstance(agent_id, str) else list(agent_id)
+        return list(
+            self.relay.query_all(
+                max_records=max_records,
+                agent_id=agents,
+                table=table,
+                key=key,
+                key_prefix=key_prefix,
+                where=clauses or None,
+                updated_since=since,
+                include_deleted=include_deleted or None,
+                limit=page_size,
+            )
+        )
+
+    # ---------------------------------------------------------------------------- health
+
+    def health_check(self) -> dict[str, Any]:
+        """The store's health: the seed's keys plus what an operator needs.
+
+        ``agent_id, local_db, htpc_enabled, sync_queue_size, timestamp`` as in the seed, and
+        ``db_path, schema_version, durability, dead_letters, oldest_pending_age`` and, with
+        sync on, ``relay`` (url, reachable, last_sync, last_error).
+        """
+        health: dict[str, Any] = {
+            "agent_id": self.agent_id,
+            "local_db": False,
+            "htpc_enabled": self.config.enable_htpc,
+            "sync_queue_size": None,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "db_path": str(self.db_path),
+            "durability": self.config.durability,
+        }
+        try:
+            with self._lock:
+                conn = self._require_open()
+                health["sync_queue_size"] = outbox.queue_size(conn)
+                health["dead_letters"] = outbox.dead_letter_count(conn)
+                oldest = outbox.oldest_pending_time(conn)
+                health["schema_version"] = current_version(conn)
+            health["oldest_pending_age"] = (
+                None if oldest is None else max(0.0, time.time() - oldest)
+            )
+            health["local_db"] = True
+        except (sqlite3.Error, StorageClosed) as exc:
+            health["error"] = str(exc)
+        if self._worker is not None:
+            health["relay"] = self._worker.status()
+        return health
+
+    # ---------------------------------------------------------------------------- backup
+
+    def backup(self, path: Path | str) -> Path:
+        """Write a consistent copy of the database to ``path`` while the store stays online.
+
+        The copy gets a new epoch, so if it is ever restored its new writes win at the relay
+        over anything the original wrote after the backup. Returns the path written.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            raise FileExistsError(f"backup target {target} already exists")
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            with self._lock:
+                self._require_open().backup(copy)
+            epoch = int(copy.execute(SELECT_META, ("epoch",)).fetchone()[0])
+            copy.execute(UPSERT_META, ("epoch", str(new_epoch(epoch))))
+            copy.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            copy.close()
+        os.replace(partial, target)
+        return target
+
+    # --------------------------------------------------------------------------- closing
+
+    def close(self) -> _Closed:
+        """Stop syncing and close the database. Idempotent.
+
+        Works both as ``storage.close()`` and, as the seed writes it, ``await storage.close()``.
+        Queued changes stay in the database and ship the next time the store opens.
+        """
+        with self._lock:
+            if self._closed:
+                return _Closed()
+            self._closed = True
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
+        with self._lock:
+            self._conn.close()
+        _live_stores.discard(self)
+        return _Closed()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<{type(self).__name__} agent_id={self.agent_id!r} path={str(self.db_path)!r} {state}>"
+        )
+
+    # ------------------------------------------------------------------------------ fork
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connection must not be used (or closed) here: SQLite forbids carrying
+        # an open connection across fork(). Keep the old object alive, open a fresh one.
+        self._inherited = self._conn
+        self._lock = threading.RLock()
+        self._depth = 0
+        if not self._closed:
+            self._conn = self._open_connection()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.forget_after_fork()
+            if not self._closed:
+                self._start_worker()
+
+
+async def run_in_thread(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run a blocking store call off the event loop (what the ``a*`` methods use)."""
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def _merge_config(config: StorageConfig | None, overrides: dict[str, Any]) -> StorageConfig:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if config is None and not given:
+        return StorageConfig()
+    base = config.model_dump(exclude_unset=True) if config is not None else {}
+    try:
+        return StorageConfig.model_validate({**base, **given})
+    except ValueError as exc:
+        from commander_os.errors import ConfigError
+
+        raise ConfigError(f"invalid storage settings: {exc}") from None
+
+
+def _reopen_all_after_fork() -> None:
+    for store in list(_live_stores):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reopen_all_after_fork)

@@ -1,0 +1,400 @@
+"""SyncWorker: ships the outbox to the relay, deleting rows only once the relay acked them.
+
+``sync_once()`` is the unit of work: read up to ``sync_batch_size`` queued changes (with the
+rows' current data, in one read transaction), push them, and delete them after the relay's ack.
+The optional background thread only schedules it: it wakes on every local commit
+(:meth:`notify`), polls cheaply for writes made by other processes, and backs off exponentially
+with jitter, capped at ``sync_interval``, while the relay is away. It never gives up on queued
+data: only a record the relay refuses (4xx) ``max_retry_count`` times is moved to the
+dead-letter table.
+
+Only one process ships a store's outbox at a time: the shipper holds an exclusive ``flock`` on
+``<db>.sync-lock``. The OS releases it the moment that process dies, so another process takes
+over without waiting for a lease to expire, and holding it costs no disk writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from commander_os.errors import (
+    RelayAuthError,
+    RelayError,
+    RelayRejected,
+    RelayUnavailable,
+)
+from commander_os.network.client import RelayClient
+from commander_os.network.protocol import format_ts, make_version
+from commander_os.storage import db, outbox
+
+if TYPE_CHECKING:
+    from commander_os.config import StorageConfig
+    from commander_os.storage.base_storage import BaseStorage
+
+__all__ = ["ShipLock", "SyncWorker", "WorkerState", "read_token"]
+
+#: How often an idle worker looks for writes committed by other processes.
+IDLE_POLL_SECONDS = 0.1
+#: First retry delay after a failure; doubles up to ``sync_interval``.
+BACKOFF_START_SECONDS = 0.05
+SELECT_EPOCH = "SELECT value FROM _sync_meta WHERE key = 'epoch'"
+
+
+class WorkerState(Enum):
+    """Lifecycle of the background thread."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ShipLock:
+    """An exclusive, non-blocking ``flock`` that says "this process ships the outbox"."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; True if held afterwards."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let another process ship."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def forget(self) -> None:
+        """After fork(), in the child: drop the inherited descriptor (the parent keeps the lock)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class SyncWorker:
+    """Delivers one store's queued changes to the relay, exactly once in effect."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        db_path: Path,
+        config: StorageConfig,
+        client: RelayClient,
+        connect: Callable[[], sqlite3.Connection],
+    ) -> None:
+        self.agent_id = agent_id
+        self.db_path = db_path
+        self.config = config
+        self.client = client
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._tables: dict[str, outbox.SyncedTable] = {}
+        self._ship_lock = threading.Lock()
+        self._lease = ShipLock(db_path.with_name(db_path.name + ".sync-lock"))
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._acked = threading.Condition()
+        self._acked_seq = 0
+        self._thread: threading.Thread | None = None
+        self.state = WorkerState.IDLE
+        self.last_sync: float | None = None
+        self.last_error: str | None = None
+        self.reachable: bool | None = None
+        self.failures = 0
+        self.shipped_total = 0
+        self.dead_lettered_total = 0
+
+    @classmethod
+    def for_storage(cls, storage: BaseStorage, *, client: RelayClient | None = None) -> SyncWorker:
+        """A worker for ``storage`` with a client built from its config."""
+        config = storage.config
+        if client is None:
+            client = RelayClient(
+                config.relay_urls(),
+                token=read_token(config),
+                timeout=config.request_timeout,
+                verify=config.htpc_ca_file or True,
+            )
+        return cls(
+            agent_id=storage.agent_id,
+            db_path=storage.db_path,
+            config=config,
+            client=client,
+            connect=lambda: db.connect(
+                storage.db_path, durability=config.durability, busy_timeout=config.busy_timeout
+            ),
+        )
+
+    # ------------------------------------------------------------------- the unit of work
+
+    def sync_once(self, limit: int | None = None) -> int:
+        """Ship up to ``limit`` queued changes; return how many outbox rows were acked.
+
+        Returns 0 when the queue is empty or another process is the shipper. Raises
+        :class:`~commander_os.errors.RelayUnavailable` (nothing changes locally) when the relay
+        cannot take them now.
+        """
+        with self._ship_lock:
+            if not self._lease.acquire():
+                return 0
+            conn = self._connection()
+            batch = self._read_batch(conn, limit or self.config.sync_batch_size)
+            if batch is None:
+                return 0
+            changes, epoch = batch
+            try:
+                done = self._ship(conn, changes, epoch)
+            except RelayUnavailable as exc:
+                self._failed(exc)
+                raise
+            except RelayAuthError as exc:
+                # A credentials problem is the operator's to fix, not the records' fault:
+                # keep everything queued and retry like an outage.
+                self._failed(exc)
+                raise RelayUnavailable(str(exc)) from exc
+            self._succeeded()
+            return done
+
+    def drain(self, batch_size: int | None = None) -> int:
+        """Ship until the queue is empty; return how many outbox rows were acked."""
+        total = 0
+        while True:
+            shipped = self.sync_once(batch_size)
+            if not shipped:
+                return total
+            total += shipped
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _read_batch(
+        self, conn: sqlite3.Connection, limit: int
+    ) -> tuple[list[outbox.PendingChange], int] | None:
+        # One read transaction, so the rows' data matches the queue entries exactly.
+        conn.execute("BEGIN")
+        try:
+            rows = outbox.pending(conn, limit)
+            if not rows:
+                return None
+            if any(row.table not in self._tables for row in rows):
+                self._tables = outbox.registered_tables(conn)
+            changes = outbox.load_changes(conn, rows, self._tables)
+            epoch = int(conn.execute(SELECT_EPOCH).fetchone()[0])
+        finally:
+            conn.execute("COMMIT")
+        return changes, epoch
+
+    def _record(self, change: outbox.PendingChange, epoch: int) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "agent_id": self.agent_id,
+            "table": change.table,
+            "key": change.key,
+            "op": "upsert" if change.data is not None else "delete",
+            "version": make_version(epoch, change.seq),
+            "ts": format_ts(change.written_at),
+        }
+        if change.data is not None:
+            record["data"] = change.data
+        return record
+
+    def _ship(
+        self, conn: sqlite3.Connection, changes: list[outbox.PendingChange], epoch: int
+    ) -> int:
+        """Push ``changes``; on a 4xx split the batch to find the records the relay refuses."""
+        records = [self._record(change, epoch) for change in changes]
+        try:
+            self.client.push(self.agent_id, records)
+        except RelayRejected as exc:
+            if isinstance(exc, RelayAuthError):
+                raise
+            if len(changes) == 1:
+                self._refused(conn, changes[0], records[0], exc)
+                return 0
+            middle = len(changes) // 2
+            return self._ship(conn, changes[:middle], epoch) + self._ship(
+                conn, changes[middle:], epoch
+            )
+        seqs = [seq for change in changes for seq in change.seqs]
+        self._write(conn, lambda: outbox.ack_seqs(conn, seqs))
+        self._mark_acked(max(seqs))
+        self.shipped_total += len(seqs)
+        return len(seqs)
+
+    def _refused(
+        self,
+        conn: sqlite3.Connection,
+        change: outbox.PendingChange,
+        record: dict[str, Any],
+        exc: RelayRejected,
+    ) -> None:
+        reason = f"{exc} ({exc.detail})" if exc.detail else str(exc)
+        self.last_error = reason
+        if change.attempts + 1 >= self.config.max_retry_count:
+            self._write(conn, lambda: outbox.dead_letter(conn, change.seqs, record, reason))
+            self.dead_lettered_total += 1
+            self._mark_acked(change.seq)
+        else:
+            self._write(conn, lambda: outbox.record_failure(conn, change.seqs, reason))
+
+    def _write(self, conn: sqlite3.Connection, action: Callable[[], object]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                action()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise db.translate_error(exc, "cannot update the sync queue") from exc
+
+    # ------------------------------------------------------------------------ bookkeeping
+
+    def _mark_acked(self, seq: int) -> None:
+        with self._acked:
+            if seq > self._acked_seq:
+                self._acked_seq = seq
+            self._acked.notify_all()
+
+    def _succeeded(self) -> None:
+        self.last_sync = time.time()
+        self.reachable = True
+        self.failures = 0
+
+    def _failed(self, exc: RelayError) -> None:
+        self.last_error = str(exc)
+        self.reachable = False
+        self.failures += 1
+
+    def wait_acked(self, seq: int, timeout: float | None) -> bool:
+        """Block until the relay acked local sequence number ``seq``; False on timeout."""
+        self.notify()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._acked:
+            while self._acked_seq < seq:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._acked.wait(remaining)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """What ``health_check()`` reports under ``relay``."""
+        return {
+            "url": self.client.url,
+            "urls": list(self.client.urls),
+            "reachable": self.reachable,
+            "last_sync": _iso(self.last_sync),
+            "last_error": self.last_error,
+            "consecutive_failures": self.failures,
+            "shipping": self._lease.held,
+            "worker": self.state.value,
+        }
+
+    # ------------------------------------------------------------------ background thread
+
+    def notify(self) -> None:
+        """A local commit happened: ship soon."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run :meth:`sync_once` in a daemon thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self.state = WorkerState.RUNNING
+        self._thread = threading.Thread(
+            target=self._run, name=f"commander-os-sync[{self.agent_id}]", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, release the shipper lock and close connections."""
+        self.state = WorkerState.STOPPING
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._ship_lock:
+            self._lease.release()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.client.close()
+        self.state = WorkerState.STOPPED
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: abandon the parent's thread, lock and connections untouched."""
+        self._lease.forget()
+        self._conn = None
+        self._thread = None
+        self._ship_lock = threading.Lock()
+        self.state = WorkerState.STOPPED
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                shipped = self.sync_once()
+            except Exception as exc:
+                # RelayError: the relay is away. Anything else (a disk error, a bug) must not
+                # end shipping for good either; both are reported through status().
+                if not isinstance(exc, RelayError):
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.failures += 1
+                # Local commits must not hammer an absent relay: only stop() cuts this short.
+                self._stop.wait(_backoff(self.failures, self.config.sync_interval))
+                continue
+            if not shipped:
+                self._wake.wait(IDLE_POLL_SECONDS)
+
+
+def _backoff(failures: int, cap: float) -> float:
+    """Exponential backoff with jitter: about 50 ms, 100 ms, 200 ms, ... capped at ``cap``."""
+    ceiling = min(cap, BACKOFF_START_SECONDS * 2 ** min(max(failures - 1, 0), 30))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def read_token(config: StorageConfig) -> str | None:
+    """The relay token from ``htpc_token`` or ``token_file``, if any."""
+    if config.htpc_token:
+        return config.htpc_token
+    if config.token_file is not None:
+        return config.token_file.read_text(encoding="utf-8").strip()
+    return None
