@@ -1,0 +1,282 @@
+"""``commander-os``: the command line.
+
+Every error of ours becomes one line on stderr and exit code 1 (2 for usage errors); nothing
+prints a traceback at a user unless ``COMMANDER_OS_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from commander_os import __version__
+from commander_os.errors import CommanderStorageError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="commander-os",
+    help="Commander OS Storage: local-first agent storage with a central relay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
+app.add_typer(relay_app, name="relay")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"commander-os {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Commander OS Storage command line."""
+
+
+# ------------------------------------------------------------------------------ status
+
+
+@app.command()
+def status(
+    data_dir: DataDir = Path("./data/agents"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show health and sync-queue size of every agent store under DATA_DIR."""
+    from commander_os.storage.inspect import inspect_stores
+
+    reports = inspect_stores(data_dir)
+    if as_json:
+        sys.stdout.write(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not reports:
+        console.print(f"no agent stores under {data_dir}")
+        return
+    table = Table(title=f"agent stores under {data_dir}")
+    for column in ("agent", "ok", "schema", "queued", "oldest pending", "dead letters", "size"):
+        table.add_column(column, justify="right" if column != "agent" else "left")
+    for report in reports:
+        age = report.get("oldest_pending_age")
+        table.add_row(
+            report["agent_id"],
+            "[green]yes[/]" if report["local_db"] else f"[red]no[/] {report.get('error', '')}",
+            str(report.get("schema_version", "-")),
+            str(report.get("sync_queue_size", "-")),
+            "-" if age is None else f"{age:.1f} s",
+            _dead(report.get("dead_letters")),
+            _size(report.get("size_bytes")),
+        )
+    console.print(table)
+
+
+def _dead(count: int | None) -> str:
+    if not count:
+        return "0"
+    return f"[red]{count}[/]"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size //= 1024
+    return f"{size} TiB"
+
+
+# -------------------------------------------------------------------------------- sync
+
+
+@app.command()
+def sync(
+    data_dir: DataDir = Path("./data/agents"),
+    config: ConfigOpt = None,
+    relay: Annotated[str | None, typer.Option(help="Relay URL (default: from config).")] = None,
+) -> None:
+    """Ship every queued change of the stores under DATA_DIR to the relay now."""
+    from rich.progress import Progress
+
+    from commander_os.config import load_storage_config
+    from commander_os.storage.inspect import drain_store, find_stores
+
+    settings = load_storage_config(config, overrides={"htpc_url": relay})
+    stores = find_stores(data_dir)
+    if not stores:
+        console.print(f"no agent stores under {data_dir}")
+        return
+    total = 0
+    with Progress(console=console) as progress:
+        for path in stores:
+            task = progress.add_task(path.stem, total=None)
+
+            def advance(done: int, task: Any = task) -> None:
+                progress.update(task, completed=done)
+
+            shipped = drain_store(path, settings, on_progress=advance)
+            progress.update(task, total=max(shipped, 1), completed=max(shipped, 1))
+            total += shipped
+    console.print(f"synced {total} change(s) from {len(stores)} store(s) to {settings.htpc_url}")
+
+
+# ------------------------------------------------------------------------------- query
+
+
+@app.command()
+def query(
+    relay: Annotated[str, typer.Option(help="Relay URL.")] = "http://127.0.0.1:8001",
+    agent: Annotated[
+        list[str] | None, typer.Option("--agent", help="Agent id (repeatable).")
+    ] = None,
+    table: Annotated[str | None, typer.Option(help="Table name, e.g. kv.")] = None,
+    key: Annotated[str | None, typer.Option(help="Exact key.")] = None,
+    prefix: Annotated[str | None, typer.Option("--prefix", help="Key prefix.")] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Field filter 'FIELD OP VALUE', e.g. 'value.theme eq \"dark\"' (VALUE is JSON, "
+            "or a bare word taken as a string). Repeatable.",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only records written since (ISO time).")
+    ] = None,
+    include_deleted: Annotated[bool, typer.Option(help="Include deletions.")] = False,
+    limit: Annotated[int, typer.Option(help="Most records to print.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    token: Annotated[
+        str | None, typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Bearer token.")
+    ] = None,
+) -> None:
+    """Query records of any agent on the relay."""
+    from commander_os.network.client import RelayClient
+
+    clauses = [_parse_where(text) for text in where or []]
+    agents: Any = agent[0] if agent and len(agent) == 1 else agent
+    with RelayClient(relay, token=token) as client:
+        records = list(
+            client.query_all(
+                max_records=limit,
+                agent_id=agents,
+                table=table,
+                key=key,
+                key_prefix=prefix,
+                where=clauses or None,
+                updated_since=since,
+                include_deleted=include_deleted or None,
+                limit=min(limit, 1000),
+            )
+        )
+    if as_json:
+        for record in records:
+            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        return
+    out = Table(title=f"{len(records)} record(s) from {relay}")
+    for column in ("agent", "table", "key", "version", "ts", "data"):
+        out.add_column(column, overflow="fold")
+    for record in records:
+        data = "[dim]deleted[/]" if record.get("deleted") else orjson.dumps(record["data"]).decode()
+        out.add_row(
+            record["agent_id"],
+            record["table"],
+            record["key"],
+            str(record["version"]),
+            str(record["ts"]),
+            data[:200],
+        )
+    console.print(out)
+
+
+def _parse_where(text: str) -> dict[str, Any]:
+    parts = text.split(None, 2)
+    if len(parts) < 2:
+        raise typer.BadParameter(f"expected 'FIELD OP VALUE', got {text!r}", param_hint="--where")
+    field, op = parts[0], parts[1]
+    raw = parts[2] if len(parts) == 3 else "true"
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    return {"field": field, "op": op, "value": value}
+
+
+# ------------------------------------------------------------------------------- relay
+
+
+@relay_app.command("serve")
+def relay_serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Central store folder.")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(envvar="COMMANDER_OS_DATABASE_URL", help="PostgreSQL central store URL."),
+    ] = None,
+) -> None:
+    """Run the relay (the embedded SQLite central store unless --database-url is given)."""
+    from commander_os.config import load_relay_config
+    from commander_os.network.relay import serve
+
+    overrides: dict[str, Any] = {"host": host, "port": port, "agent_storage_dir": data_dir}
+    if database_url:
+        overrides.update(backend="postgresql", database_url=database_url)
+    serve(load_relay_config(config, overrides=overrides))
+
+
+# -------------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Relay port (0 picks a free one).")] = 8001,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where to keep data.")] = Path(
+        "./data/demo"
+    ),
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep the relay running after the demo, until Ctrl-C.")
+    ] = True,
+) -> None:
+    """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data."""
+    from commander_os.demo import run_demo
+
+    run_demo(port=port, data_dir=data_dir, keep_running=keep_running, console=console)
+
+
+def main() -> None:
+    """Entry point of the ``commander-os`` console script."""
+    try:
+        app()
+    except CommanderStorageError as exc:
+        if os.environ.get("COMMANDER_OS_DEBUG"):
+            raise
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
