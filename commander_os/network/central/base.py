@@ -1,0 +1,246 @@
+"""The central-store contract: what every relay backend (SQLite, PostgreSQL) must do.
+
+A central store holds, per ``(agent_id, table, key)``, the newest change record the relay has
+received, plus one row per agent (highest version, last seen). The relay only talks to this
+interface, so a backend is a drop-in replacement as long as it passes the contract test suite
+in ``tests/network/test_central_contract.py``.
+
+Rules every backend follows:
+
+* **Monotonic, idempotent apply.** A record replaces the stored one only if its ``version`` is
+  strictly higher. Equal or lower versions are counted as ``ignored`` and change nothing, so a
+  batch can be replayed any number of times, in any order.
+* **Tombstones.** A delete is stored as a row with ``deleted=True`` and ``data=None`` carrying
+  its version, so a stale upsert arriving after the delete cannot resurrect the row.
+* **Revisions.** Every applied change gets a global ``rev`` greater than every ``rev`` committed
+  before it; the row keeps only its newest ``rev``. Queries and the change feed page in ``rev``
+  order with an opaque cursor (keyset pagination: no duplicates, no misses for rows that do not
+  change while paging; a row that changes while paging shows up again with its new version).
+* **Acknowledged means durable.** ``apply`` returns only after the commit is durable.
+* **Field filters** (``QueryRequest.where``) follow JSON types strictly: ``eq 1`` does not match
+  ``"1"`` nor ``true``; ``ne`` is the exact negation of ``eq`` (so it also matches rows without the
+  field); ``lt/lte/gt/gte`` compare numbers with numbers and strings with strings (code-point
+  order); ``in`` is ``eq`` against any listed value; ``contains`` matches an array holding the
+  value as an element, or a string holding it as a substring; ``exists`` tests presence (a JSON
+  ``null`` is present); ``prefix`` matches strings. A purely numeric path segment indexes an array.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from commander_os.errors import CommanderStorageError, ValueTooLarge
+from commander_os.network.protocol import (
+    FIELD_PATH_PATTERN,
+    Ack,
+    AgentSummary,
+    ChangeRecord,
+    QueryRequest,
+    QueryResponse,
+)
+
+__all__ = [
+    "CentralStore",
+    "CentralStoreError",
+    "CentralStoreUnavailable",
+    "EncodedRecord",
+    "InvalidCursor",
+    "QueryTimeout",
+    "StoreHealth",
+    "decode_cursor",
+    "encode_cursor",
+    "encode_records",
+    "micros_to_ts",
+    "parse_field_path",
+    "ts_to_micros",
+]
+
+
+class CentralStoreError(CommanderStorageError):
+    """Something went wrong in the relay's central store."""
+
+
+class CentralStoreUnavailable(CentralStoreError):
+    """The central store cannot be reached or is closed; the relay answers 503."""
+
+
+class InvalidCursor(CentralStoreError, ValueError):
+    """A query cursor was not produced by this relay (or was tampered with)."""
+
+
+class QueryTimeout(CentralStoreError):
+    """A query ran past the store's time budget; narrow it (agent_id, table) and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """A change record ready for storage: data as JSON bytes, ts as UTC microseconds."""
+
+    agent_id: str
+    table: str
+    key: str
+    version: int
+    ts_us: int
+    deleted: bool
+    #: Compact JSON text of ``data``; ``None`` for a tombstone.
+    data: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What ``CentralStore.health()`` reports."""
+
+    ok: bool
+    backend: str
+    detail: dict[str, Any]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FIELD_PATH_RE = re.compile(FIELD_PATH_PATTERN)
+_CURSOR_PREFIX = b"rev:"
+
+
+def ts_to_micros(moment: datetime) -> int:
+    """UTC microseconds since the epoch; exact, sortable and indexable as an integer."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def micros_to_ts(micros: int) -> datetime:
+    """Inverse of :func:`ts_to_micros` (an aware UTC datetime)."""
+    seconds, micro = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
+
+
+def encode_records(
+    records: Sequence[ChangeRecord], *, max_value_bytes: int | None = None
+) -> list[EncodedRecord]:
+    """Encode ``records`` for storage, checking every value before anything is written.
+
+    Raises :class:`~commander_os.errors.ValueTooLarge` naming the record whose encoded ``data``
+    exceeds ``max_value_bytes``, and ``ValueError`` for data that is not valid JSON text (for
+    example a lone surrogate in a string).
+    """
+    encoded: list[EncodedRecord] = []
+    dumps = orjson.dumps
+    for index, record in enumerate(records):
+        data: str | None = None
+        if record.data is not None:
+            try:
+                raw = dumps(record.data)
+            except orjson.JSONEncodeError as exc:
+                raise ValueError(f"records[{index}].data cannot be stored as JSON: {exc}") from exc
+            if max_value_bytes is not None and len(raw) > max_value_bytes:
+                raise ValueTooLarge(
+                    f"records[{index}] ({record.table}/{record.key[:40]!r}): data is "
+                    f"{len(raw)} bytes encoded, over the limit of {max_value_bytes}"
+                )
+            data = raw.decode()
+        encoded.append(
+            EncodedRecord(
+                record.agent_id,
+                record.table,
+                record.key,
+                record.version,
+                ts_to_micros(record.ts),
+                record.op == "delete",
+                data,
+            )
+        )
+    return encoded
+
+
+def encode_cursor(rev: int) -> str:
+    """An opaque cursor meaning "after revision ``rev``"."""
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(rev).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The revision a cursor points after; raises :class:`InvalidCursor` if it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor[:40]!r}: not produced by this relay") from None
+    digits = raw[len(_CURSOR_PREFIX) :]
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
+        raise InvalidCursor(f"invalid cursor {cursor[:40]!r}: not produced by this relay")
+    return int(digits)
+
+
+def parse_field_path(path: str) -> list[str | int]:
+    """Split a validated dotted field path; numeric segments (after the first) become ints.
+
+    >>> parse_field_path("address.0.city")
+    ['address', 0, 'city']
+    """
+    if not _FIELD_PATH_RE.fullmatch(path):
+        raise ValueError(f"invalid field path {path!r}")
+    first, *rest = path.split(".")
+    return [first, *(int(part) if part.isdigit() else part for part in rest)]
+
+
+class CentralStore(ABC):
+    """The contract of a relay's central store. All methods are safe to call concurrently.
+
+    Typical life cycle::
+
+        store = SQLiteCentralStore(data_dir / "central.db")
+        await store.open()
+        acks = await store.apply(records)
+        page = await store.query(QueryRequest(agent_id="my-agent", table="kv"))
+        await store.close()
+    """
+
+    #: Short backend name shown by ``/health`` ("sqlite", "postgresql").
+    backend: str = "abstract"
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create or open the store (schema included). Raises CentralStoreUnavailable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending applies, then release every resource. Idempotent."""
+
+    @abstractmethod
+    async def apply(self, records: Sequence[ChangeRecord]) -> list[Ack]:
+        """Apply ``records`` durably; return one :class:`Ack` per agent, in first-seen order.
+
+        Idempotent and monotonic per ``(agent_id, table, key)`` (see the module docstring).
+        Raises ``ValueTooLarge``/``ValueError`` before writing anything if a value cannot be
+        stored, and :class:`CentralStoreUnavailable` if the store cannot commit.
+        """
+
+    @abstractmethod
+    async def query(self, request: QueryRequest) -> QueryResponse:
+        """One page of records matching every filter of ``request``, in ``rev`` order.
+
+        ``next_cursor`` is set when the page is full (there may be more). Raises
+        :class:`InvalidCursor` for a foreign cursor and :class:`QueryTimeout` past the budget.
+        """
+
+    @abstractmethod
+    async def agents(self) -> list[AgentSummary]:
+        """Every agent the store has seen, ordered by agent id."""
+
+    @abstractmethod
+    async def health(self) -> StoreHealth:
+        """Whether the store answers, with backend-specific details (never raises)."""
+
+    async def __aenter__(self) -> CentralStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
