@@ -13,6 +13,7 @@ method has an ``a``-prefixed twin (``aset``, ``aget``, ...) that runs it off the
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -74,6 +75,16 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _has_non_finite_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite_float(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite_float(item) for item in value)
+    return False
+
+
 class AgentStorage(BaseStorage):
     """Key-value storage for an agent, built on :class:`BaseStorage` (table ``kv``, synced)."""
 
@@ -85,6 +96,13 @@ class AgentStorage(BaseStorage):
             encoded = orjson.dumps(value, option=_ENCODE_OPTIONS)
         except TypeError as exc:
             raise TypeError(f"value for key {key!r} is not JSON-serialisable: {exc}") from None
+        # orjson writes NaN and the infinities as null, which would not round-trip; they are
+        # the only floats it turns into null, so only values whose encoding has one are walked.
+        if b"null" in encoded and _has_non_finite_float(value):
+            raise TypeError(
+                f"value for key {key!r} is not JSON-serialisable: NaN and infinity have no "
+                "JSON form"
+            )
         if len(encoded) > self.config.max_value_bytes:
             raise ValueTooLarge(
                 f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "

@@ -263,7 +263,10 @@ class BaseStorage:
         with self._lock:
             conn = self._require_open()
             if self._depth:
-                cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+                try:
+                    cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+                except sqlite3.Error as exc:
+                    raise db.translate_error(exc, "write failed") from exc
                 return cursor.rowcount
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -274,7 +277,7 @@ class BaseStorage:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:
                 raise db.translate_error(exc, "write failed") from exc
             rowcount = cursor.rowcount
             seq = self._seq_to_wait_for(conn)
