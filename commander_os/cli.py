@@ -32,7 +32,7 @@ relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")

@@ -65,7 +65,8 @@ def _converse(url: str, agents_dir: Path, console: Console) -> None:
         everything = planner.query_network(table="kv")
         agents = {record["agent_id"] for record in everything}
         console.print(f"the relay holds {len(everything)} records from {len(agents)} agents")
-        console.print(f"scout's health: {scout.health_check()}")
+        console.print("scout's health_check():")
+        console.print_json(data=scout.health_check())
     finally:
         planner.close()
         scout.close()

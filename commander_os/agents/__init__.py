@@ -1,0 +1,3 @@
+"""Agent-specific storage classes built on BaseStorage."""
+
+__all__: list[str] = []
