@@ -60,6 +60,7 @@ UPSERT_META = (
 )
 SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = '_sync_queue'"
 RESET_SEQ = "UPDATE sqlite_sequence SET seq = 0 WHERE name = '_sync_queue'"
+TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -162,6 +163,16 @@ class BaseStorage:
         with self.transaction() as tx:
             for table in self.synced_tables:
                 self._register(tx, table)
+            if self.config.enable_htpc:
+                self._reinstall_registered(tx)
+
+    def _reinstall_registered(self, conn: sqlite3.Connection) -> None:
+        # Tables registered at runtime (possibly while sync was off) are captured from now on
+        # too; one a migration has since dropped is skipped.
+        declared = {table.name for table in self.synced_tables}
+        for table in outbox.registered_tables(conn).values():
+            if table.name not in declared and conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
+                outbox.install_triggers(conn, table)
 
     def _ensure_epoch(self, conn: sqlite3.Connection) -> None:
         row = conn.execute(SELECT_META, ("epoch",)).fetchone()
@@ -174,10 +185,11 @@ class BaseStorage:
 
     def _register(self, conn: sqlite3.Connection, table: SyncedTable) -> None:
         resolved = outbox.register_table(conn, table)
+        # With sync off, existing triggers stay: dropping them would silently stop capture
+        # for another process (or a later session) that syncs this store. So a store that
+        # never synced queues nothing, and one that did keeps queuing for its relay.
         if self.config.enable_htpc:
             outbox.install_triggers(conn, resolved)
-        else:
-            outbox.drop_triggers(conn, resolved.name)
 
     def register_synced_table(
         self,

@@ -87,6 +87,9 @@ def _apply_pragmas(
             raise StorageError(f"could not switch the database to WAL mode (got {mode!r})")
     conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Without it, a row that INSERT OR REPLACE evicts (through any UNIQUE constraint) fires no
+    # DELETE trigger, so its removal would never reach the relay.
+    conn.execute("PRAGMA recursive_triggers = ON")
     # Keeps the WAL from growing without bound between checkpoints under steady writes.
     conn.execute("PRAGMA journal_size_limit = 67108864")
 
