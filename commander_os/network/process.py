@@ -91,12 +91,15 @@ class RelayProcess:
 
     def _pump(self, process: subprocess.Popen[str], found: threading.Event) -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            self.output.append(line.rstrip())
-            match = _LISTENING.search(line)
-            if match and not found.is_set():
-                self.url = match.group(1).rstrip("/")
-                found.set()
+        # Closing the pipe here, at EOF (the child exited), keeps a killed or stopped relay
+        # from leaving an unclosed file behind (a ResourceWarning when its Popen is collected).
+        with process.stdout:
+            for line in process.stdout:
+                self.output.append(line.rstrip())
+                match = _LISTENING.search(line)
+                if match and not found.is_set():
+                    self.url = match.group(1).rstrip("/")
+                    found.set()
         found.set()
 
     def stop(self, timeout: float = 15.0) -> int | None:

@@ -1,0 +1,283 @@
+"""Helpers of the sync tests: relay state, fault figures, child processes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from commander_os.network.client import RelayClient
+from commander_os.storage.agent_storage import AgentStorage
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Upper bound for every wait in these tests; generous, the machine is shared and slow.
+WAIT = 60.0
+
+
+# ------------------------------------------------------------------------ relay state
+
+
+def relay_records(url: str, agent_ids: list[str] | None = None) -> dict[tuple[str, str], dict]:
+    """Every ``kv`` record on the relay (deletes included), by ``(agent_id, key)``.
+
+    Raises AssertionError if a record appears twice: one identity is one row on the relay.
+    """
+    found: dict[tuple[str, str], dict] = {}
+    with RelayClient(url, timeout=WAIT) as client:
+        for record in client.query_all(
+            agent_id=agent_ids, table="kv", include_deleted=True, limit=1000
+        ):
+            ident = (record["agent_id"], record["key"])
+            assert ident not in found, f"{ident} returned twice by /relay/query"
+            found[ident] = record
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
+    """Poll ``predicate`` (bounded); fail the test if it never holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def relay_metric(url: str, name: str) -> float:
+    """One counter from the relay's ``/metrics``."""
+    text = httpx.get(url + "/metrics", timeout=WAIT).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not exposed:\n{text}")
+
+
+@dataclass
+class Ledger:
+    """What one agent acknowledged: each write numbered in order, and each key's final state.
+
+    Values are ``{"n": write_number, "key": key, ...}``, so a relay record says which write it
+    holds. ``None`` as a final state means "deleted".
+    """
+
+    agent_id: str
+    writes: list[tuple[int, str, bool]] = field(default_factory=list)  # (n, key, is_delete)
+    final: dict[str, int | None] = field(default_factory=dict)  # key -> n of last set / None
+
+    def acked_set(self, n: int, key: str) -> None:
+        self.writes.append((n, key, False))
+        self.final[key] = n
+
+    def acked_delete(self, n: int, key: str) -> None:
+        self.writes.append((n, key, True))
+        self.final[key] = None
+
+
+@dataclass
+class Figures:
+    """The figures every fault test prints and asserts."""
+
+    acked: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    order_violations: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def report(self, title: str) -> str:
+        line = (
+            f"[{title}] acknowledged writes {self.acked}: lost {self.lost}, duplicates "
+            f"{self.duplicates}, per-agent order violations {self.order_violations}"
+        )
+        print(line)
+        for problem in self.problems[:10]:
+            print("   ", problem)
+        return line
+
+    def assert_clean(self, title: str) -> None:
+        line = self.report(title)
+        assert (self.lost, self.duplicates, self.order_violations) == (0, 0, 0), (
+            line + "\n" + "\n".join(self.problems[:20])
+        )
+
+
+class OrderWatcher:
+    """Checks relay snapshots as they are taken during a run.
+
+    *Duplicates* (in effect): a key's version on the relay must never go backwards. *Order*: a
+    snapshot must show a prefix of each agent's writes — if write ``n`` is visible, every key's
+    state must be at least as new as its last write before ``n``.
+    """
+
+    def __init__(self, url: str, agent_ids: list[str]) -> None:
+        self.url = url
+        self.agent_ids = agent_ids
+        self.seen_version: dict[tuple[str, str], int] = {}
+        self.snapshots = 0
+        self.backwards: list[str] = []
+        self.out_of_order: list[str] = []
+
+    def snapshot(self, ledgers: dict[str, Ledger]) -> None:
+        """One atomic read per agent (a single page, so a single SQL snapshot)."""
+        with RelayClient(self.url, timeout=5.0) as client:
+            for agent in self.agent_ids:
+                page = client.query(agent_id=agent, table="kv", include_deleted=True, limit=1000)
+                assert page["next_cursor"] is None, "order snapshots need one page per agent"
+                self._check(agent, page["records"], ledgers[agent])
+        self.snapshots += 1
+
+    def _check(self, agent: str, records: list[dict], ledger: Ledger) -> None:
+        state: dict[str, int] = {}
+        for record in records:
+            ident = (agent, record["key"])
+            previous = self.seen_version.get(ident, 0)
+            if record["version"] < previous:
+                self.backwards.append(f"{ident}: version {record['version']} < {previous}")
+            self.seen_version[ident] = max(previous, record["version"])
+            if not record["deleted"]:
+                state[record["key"]] = record["data"]["value"]["n"]
+        newest = max(state.values(), default=-1)
+        # Every key must reflect its last write at or before `newest` (deletes: absent/deleted).
+        writes = list(ledger.writes)  # the writer thread appends; a copy is enough
+        expected: dict[str, int | None] = {}
+        for n, key, is_delete in writes:
+            if n > newest:
+                break
+            expected[key] = None if is_delete else n
+        for key, n in expected.items():
+            held = state.get(key)
+            if n is not None and (held is None or held < n):
+                self.out_of_order.append(
+                    f"{agent}/{key}: relay shows write {newest} but holds {held} for a key "
+                    f"written as {n} before it"
+                )
+
+
+def compare_with_relay(
+    url: str,
+    ledgers: dict[str, Ledger],
+    stores: dict[str, AgentStorage] | None = None,
+    watcher: OrderWatcher | None = None,
+) -> Figures:
+    """Final figures: every acknowledged final state present once on the relay (and locally)."""
+    figures = Figures(acked=sum(len(ledger.writes) for ledger in ledgers.values()))
+    on_relay = relay_records(url, list(ledgers))
+    for agent, ledger in ledgers.items():
+        for key, n in ledger.final.items():
+            record = on_relay.get((agent, key))
+            if record is None:
+                figures.lost += 1
+                figures.problems.append(f"{agent}/{key}: missing on the relay (want {n})")
+            elif n is None and not record["deleted"]:
+                figures.lost += 1
+                figures.problems.append(f"{agent}/{key}: delete lost, relay holds {record}")
+            elif n is not None and (record["deleted"] or record["data"]["value"]["n"] != n):
+                figures.lost += 1
+                figures.problems.append(f"{agent}/{key}: relay holds {record}, want write {n}")
+            if stores is not None:
+                local = stores[agent].get(key)
+                if (local is None) != (n is None) or (local is not None and local["n"] != n):
+                    figures.lost += 1
+                    figures.problems.append(f"{agent}/{key}: local {local}, want write {n}")
+        extra = {key for (a, key) in on_relay if a == agent} - set(ledger.final)
+        figures.duplicates += len(extra)
+        figures.problems += [f"{agent}/{key}: on the relay, never written" for key in extra]
+        if len({split_epoch(r["version"]) for (a, _), r in on_relay.items() if a == agent}) > 1:
+            figures.problems.append(f"{agent}: records of several epochs (not expected here)")
+    if watcher is not None:
+        figures.duplicates += len(watcher.backwards)
+        figures.order_violations += len(watcher.out_of_order)
+        figures.problems += watcher.backwards + watcher.out_of_order
+    return figures
+
+
+def split_epoch(version: int) -> int:
+    return version >> 32
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Child:
+    """A ``python -c`` child process whose stdout lines are read by a thread (no deadlocks)."""
+
+    def __init__(self, code: str, *args: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, daemon=True),
+            threading.Thread(target=self._pump_err, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def read_line(self, timeout: float = WAIT) -> str:
+        """The child's next stdout line; fail (with its stderr) on silence or early exit."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"child said nothing for {timeout} s; stderr:\n{''.join(self.stderr)}"
+            ) from None
+        if line is None:
+            self.process.wait(timeout=10)
+            time.sleep(0.1)  # let the stderr thread finish
+            raise AssertionError(
+                f"child exited ({self.process.returncode}) early; stderr:\n{''.join(self.stderr)}"
+            )
+        return line
+
+    def send(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.kill()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        for thread in self._threads:
+            thread.join(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
