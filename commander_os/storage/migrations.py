@@ -61,20 +61,31 @@ class Migration:
 
 
 def split_sql(script: str) -> list[str]:
-    """Split a SQL script into complete statements (trigger bodies stay whole)."""
+    """Split a SQL script into complete statements (trigger bodies stay whole).
+
+    Statements may share a line; the last one may omit its ``;``.
+    """
     statements: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            if pending.strip().strip(";").strip():
-                statements.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        if sqlite3.complete_statement(pending + ";"):  # the last statement may omit its ';'
-            return [*statements, pending.strip()]
-        raise SchemaError(f"incomplete SQL statement at the end of the script: {pending.strip()!r}")
+    start = 0
+    for end, char in enumerate(script):
+        # A ';' ends a statement unless it sits in a string, a comment or a trigger body.
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            _keep(statements, script[start : end + 1])
+            start = end + 1
+    rest = script[start:]
+    if rest.strip():
+        # A newline first, so that a trailing "-- comment" cannot swallow the ';'.
+        if not sqlite3.complete_statement(rest + "\n;"):
+            raise SchemaError(
+                f"incomplete SQL statement at the end of the script: {rest.strip()!r}"
+            )
+        _keep(statements, rest)
     return statements
+
+
+def _keep(statements: list[str], statement: str) -> None:
+    if statement.strip().strip(";").strip():
+        statements.append(statement.strip())
 
 
 def check_migrations(migrations: Sequence[Migration]) -> None:
