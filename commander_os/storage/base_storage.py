@@ -454,12 +454,24 @@ class BaseStorage:
         over anything the original wrote after the backup. Returns the path written.
         """
         target = Path(path)
+        self._require_open()
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             raise FileExistsError(f"backup target {target} already exists")
         partial = target.with_name(target.name + ".partial")
         partial.unlink(missing_ok=True)
-        copy = sqlite3.connect(partial, isolation_level=None)
+        try:
+            self._copy_to(partial)
+            # link(), unlike rename(), refuses to replace a file created meanwhile.
+            os.link(partial, target)
+        except sqlite3.Error as exc:
+            raise db.translate_error(exc, f"backup to {target} failed") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _copy_to(self, path: Path) -> None:
+        copy = sqlite3.connect(path, isolation_level=None)
         try:
             with self._lock:
                 self._require_open().backup(copy)
@@ -468,8 +480,6 @@ class BaseStorage:
             copy.execute("PRAGMA journal_mode = DELETE")
         finally:
             copy.close()
-        os.replace(partial, target)
-        return target
 
     # --------------------------------------------------------------------------- closing
 
