@@ -3,7 +3,8 @@
 One client keeps its connections alive across calls. Every httpx error and every unexpected
 answer is mapped here, once, to our :class:`~commander_os.errors.RelayError` tree:
 
-* cannot connect, timed out, 5xx, 429  -> :class:`RelayUnavailable` (retry later)
+* cannot connect, timed out, 5xx, 429,
+  404 / 405 (no relay endpoint there)  -> :class:`RelayUnavailable` (retry later)
 * 401 / 403                            -> :class:`RelayAuthError`
 * any other 4xx                        -> :class:`RelayRejected` (retrying will not help)
 * an answer that is not what we expect -> :class:`RelayProtocolError`
@@ -208,6 +209,10 @@ def _decode(response: httpx.Response) -> Any:
         message += f": {reason}"
     if status == 429 or status >= 500:
         raise RelayUnavailable(message)
+    if status in (404, 405):
+        # No such endpoint: this URL is not (or not yet) a relay. That is a configuration
+        # problem to fail over from and retry, never a verdict on the records sent.
+        raise RelayUnavailable(f"{message} (is this URL a Commander OS relay?)")
     if status in (401, 403):
         raise RelayAuthError(message, status=status, detail=detail)
     if 400 <= status < 500:

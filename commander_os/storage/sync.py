@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from commander_os.errors import (
     RelayAuthError,
     RelayError,
+    RelayProtocolError,
     RelayRejected,
     RelayUnavailable,
 )
@@ -174,9 +175,10 @@ class SyncWorker:
             except RelayUnavailable as exc:
                 self._failed(exc)
                 raise
-            except RelayAuthError as exc:
-                # A credentials problem is the operator's to fix, not the records' fault:
-                # keep everything queued and retry like an outage.
+            except (RelayAuthError, RelayProtocolError) as exc:
+                # Bad credentials, or an answer that is not a relay's (htpc_url pointing at
+                # another server): the operator's to fix, not the records' fault. Keep
+                # everything queued, report it in status(), and retry like an outage.
                 self._failed(exc)
                 raise RelayUnavailable(str(exc)) from exc
             self._succeeded()
