@@ -7,18 +7,24 @@ its name to ``CENTRAL_BACKENDS`` (skipping when no server is configured).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from pg_helpers import database_url, scratch_schema
 from relay_helpers import CONTRACT_MAX_VALUE_BYTES
 
 from commander_os.config import LimitsConfig, RelayConfig
-from commander_os.network.central import CentralStore, SQLiteCentralStore, store_for_config
+from commander_os.network.central import (
+    CentralStore,
+    PostgresCentralStore,
+    SQLiteCentralStore,
+    store_for_config,
+)
 from commander_os.network.relay import create_app
 
-CENTRAL_BACKENDS = ["sqlite"]
+CENTRAL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture
@@ -27,13 +33,22 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(params=CENTRAL_BACKENDS)
-def central_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], CentralStore]:
+def central_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], CentralStore]]:
     """Makes (unopened) store objects that all point at the same central data."""
     if request.param == "sqlite":
-        return lambda: SQLiteCentralStore.in_directory(
+        yield lambda: SQLiteCentralStore.in_directory(
             tmp_path / "central", max_value_bytes=CONTRACT_MAX_VALUE_BYTES, query_timeout=10.0
         )
-    raise AssertionError(f"unknown backend {request.param}")
+    elif request.param == "postgresql":
+        url = database_url()  # skips when no server is configured
+        with scratch_schema(url) as schema:
+            yield lambda: PostgresCentralStore(
+                url, schema=schema, max_value_bytes=CONTRACT_MAX_VALUE_BYTES, query_timeout=10.0
+            )
+    else:
+        raise AssertionError(f"unknown backend {request.param}")
 
 
 @pytest.fixture

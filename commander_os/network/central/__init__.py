@@ -1,6 +1,7 @@
 """Central stores: where a relay keeps every agent's replicated records.
 
-``base.CentralStore`` is the contract; ``sqlite.SQLiteCentralStore`` the embedded default.
+``base.CentralStore`` is the contract; ``sqlite.SQLiteCentralStore`` the embedded default and
+``postgres.PostgresCentralStore`` the one several relays can share.
 Use :func:`open_store` to build the store a :class:`~commander_os.config.RelayConfig` asks for.
 """
 
@@ -15,6 +16,7 @@ from commander_os.network.central.base import (
     QueryTimeout,
     StoreHealth,
 )
+from commander_os.network.central.postgres import PostgresCentralStore
 from commander_os.network.central.sqlite import SQLiteCentralStore
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "CentralStoreError",
     "CentralStoreUnavailable",
     "InvalidCursor",
+    "PostgresCentralStore",
     "QueryTimeout",
     "SQLiteCentralStore",
     "StoreHealth",
@@ -37,6 +40,13 @@ def store_for_config(config: RelayConfig) -> CentralStore:
     if config.backend == "sqlite":
         return SQLiteCentralStore.in_directory(
             config.agent_storage_dir,
+            durability=config.durability,
+            max_value_bytes=config.limits.max_value_bytes,
+            query_timeout=config.limits.query_timeout,
+        )
+    if config.backend == "postgresql" and config.database_url:
+        return PostgresCentralStore(
+            config.database_url,
             durability=config.durability,
             max_value_bytes=config.limits.max_value_bytes,
             query_timeout=config.limits.query_timeout,
