@@ -1,0 +1,101 @@
+"""Code the sync benchmarks run in child processes: ``python -m benchmarks.children ...``.
+
+* ``watch URL AGENT COUNT OUT``: follow the relay's change feed (``/relay/changes``, long-poll)
+  and write, for each key of ``AGENT``, the ``CLOCK_MONOTONIC`` nanosecond at which it became
+  visible. Prints ``ready`` once it follows the feed.
+* ``drain DIR URL OUT``: open the agent store in ``DIR`` against the relay at ``URL``, drain its
+  backlog and write the time taken and the memory used (``VmRSS`` before, ``VmHWM`` after).
+
+A separate process for each keeps the measuring out of the measured process's GIL and memory.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["drain", "proc_status_kib", "watch"]
+
+WATCH_WAIT_SECONDS = 5.0
+
+
+def proc_status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def watch(url: str, agent_id: str, count: int, out: Path, timeout: float = 300.0) -> None:
+    """Record when each of ``count`` keys of ``agent_id`` shows up in the change feed."""
+    import httpx
+
+    seen: dict[str, int] = {}
+    cursor: str | None = None
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=WATCH_WAIT_SECONDS + 10) as http:
+        ready = False
+        while len(seen) < count and time.monotonic() < deadline:
+            params: dict[str, Any] = {"agent_id": agent_id, "limit": 1000}
+            params["wait"] = WATCH_WAIT_SECONDS if ready else 0
+            if cursor:
+                params["after"] = cursor
+            page = orjson.loads(http.get("/relay/changes", params=params).content)
+            now = time.monotonic_ns()
+            for record in page["records"]:
+                seen.setdefault(record["key"], now)
+            cursor = page.get("next_cursor") or cursor
+            if not ready:
+                ready = True
+                print("ready", flush=True)
+    out.write_bytes(orjson.dumps(seen))
+
+
+def drain(directory: Path, url: str, out: Path) -> None:
+    """Open the store with a backlog, ship all of it, report seconds and memory."""
+    rss_before = proc_status_kib("VmRSS")
+    from commander_os.storage.agent_storage import AgentStorage
+
+    rss_imported = proc_status_kib("VmRSS")
+    started = time.perf_counter()
+    store = AgentStorage(agent_id="backlog", data_dir=directory, enable_htpc=True, htpc_url=url)
+    queued = store.get_sync_queue_size()
+    worker = store.sync_worker
+    assert worker is not None
+    # The background worker starts shipping at once; draining here as well ends exactly when
+    # the queue is empty (both take the same ship lock, batch after batch).
+    worker.drain()
+    seconds = time.perf_counter() - started
+    left = store.get_sync_queue_size()
+    store.close()
+    result = {
+        "seconds": seconds,
+        "queued": queued,
+        "left": left,
+        "rss_before_kib": rss_before,
+        "rss_imported_kib": rss_imported,
+        "hwm_kib": proc_status_kib("VmHWM"),
+        "batch_size": store.config.sync_batch_size,
+    }
+    out.write_bytes(orjson.dumps(result))
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch ``watch`` / ``drain`` (see the module docstring)."""
+    command, *args = argv
+    if command == "watch":
+        watch(args[0], args[1], int(args[2]), Path(args[3]))
+    elif command == "drain":
+        drain(Path(args[0]), args[1], Path(args[2]))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
