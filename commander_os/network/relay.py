@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
+import os
 import signal
 import sys
 import time
@@ -424,10 +425,24 @@ async def serve_async(
 
     ``on_ready(url)`` is called once the socket accepts connections, with the bound port.
     """
+    _check_startable(config)
+    # Open the central store before listening: a bad database_url or an unreachable database
+    # then fails fast with one clear line (CentralStoreUnavailable), not a uvicorn traceback.
+    store = store_for_config(config)
+    await store.open()
+    try:
+        await _run_server(config, create_app(config, store=store), on_ready)
+    finally:
+        await store.close()
+
+
+async def _run_server(
+    config: RelayConfig,
+    app: FastAPI,
+    on_ready: Callable[[str], Awaitable[None] | None] | None,
+) -> None:
     import uvicorn
 
-    _check_startable(config)
-    app = create_app(config)
     tls: dict[str, Any] = {}
     if config.tls is not None:
         tls = {"ssl_certfile": str(config.tls.certfile), "ssl_keyfile": str(config.tls.keyfile)}
@@ -482,8 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (0 = any free port)")
     parser.add_argument("--data-dir", help="agent_storage_dir: where the central store lives")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("COMMANDER_OS_DATABASE_URL"),
+        help="PostgreSQL central store URL (default: $COMMANDER_OS_DATABASE_URL; else SQLite)",
+    )
     args = parser.parse_args(argv)
     overrides = {"host": args.host, "port": args.port, "agent_storage_dir": args.data_dir}
+    if args.database_url:
+        overrides.update(backend="postgresql", database_url=args.database_url)
     try:
         config = load_relay_config(args.config, overrides=overrides)
         serve(config)
