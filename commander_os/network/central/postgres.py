@@ -322,9 +322,15 @@ class PostgresCentralStore(CentralStore):
     # -- writes -------------------------------------------------------------------------------
 
     async def apply(self, records: Sequence[ChangeRecord]) -> list[Ack]:
+        return await self.apply_encoded(
+            encode_records(records, max_value_bytes=self.max_value_bytes)
+        )
+
+    async def apply_encoded(self, records: Sequence[EncodedRecord]) -> list[Ack]:
+        """:meth:`apply` for records already encoded (the relay's fast path)."""
         if not records:
             return []
-        encoded = encode_records(records, max_value_bytes=self.max_value_bytes)
+        encoded = list(records)
         _check_storable(encoded)
         if self._writer_task is None:
             raise CentralStoreUnavailable("central store is closed")
