@@ -248,6 +248,102 @@ def relay_serve(
     serve(load_relay_config(config, overrides=overrides))
 
 
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="COMMANDER_OS_DATABASE_URL",
+        help="PostgreSQL central store URL (default: the config's backend).",
+    ),
+]
+CentralDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="SQLite central store folder.")
+]
+
+
+def _central_store(config: Path | None, data_dir: Path | None, database_url: str | None) -> Any:
+    """The (unopened) central store that the relay config and options describe."""
+    from commander_os.config import load_relay_config
+    from commander_os.network.central import store_for_config
+
+    overrides: dict[str, Any] = {"agent_storage_dir": data_dir}
+    if database_url:
+        overrides.update(backend="postgresql", database_url=database_url)
+    return store_for_config(load_relay_config(config, overrides=overrides))
+
+
+@relay_app.command("migrate")
+def relay_migrate(
+    config: ConfigOpt = None, data_dir: CentralDirOpt = None, database_url: DatabaseUrlOpt = None
+) -> None:
+    """Create or upgrade the central store's schema (the relay also does it when it starts)."""
+    import asyncio
+
+    store = _central_store(config, data_dir, database_url)
+
+    async def run() -> Any:
+        async with store:
+            return await store.health()
+
+    health = asyncio.run(run())
+    console.print(f"central store ready ({health.backend}): {health.detail}", highlight=False)
+
+
+@relay_app.command("export")
+def relay_export(
+    out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
+    config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Write every record of the central store (tombstones too) to a JSON-lines file."""
+    import asyncio
+
+    from commander_os.network.central.transfer import export_records
+
+    store = _central_store(config, data_dir, database_url)
+
+    async def run() -> int:
+        async with store:
+            with out.open("wb") as stream:
+                return await export_records(store, stream)
+
+    count = asyncio.run(run())
+    console.print(f"exported {count} record(s) from {store.backend} to {out}", highlight=False)
+
+
+@relay_app.command("import")
+def relay_import(
+    file: Annotated[Path, typer.Argument(help="JSON-lines file written by 'relay export'.")],
+    config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Apply an export to the central store; newer records already there win, re-runs are no-ops."""
+    import asyncio
+
+    from commander_os.network.central.transfer import ImportResult, import_records
+
+    if not file.is_file():
+        raise typer.BadParameter(f"{file}: no such file", param_hint="FILE")
+    store = _central_store(config, data_dir, database_url)
+
+    async def run() -> ImportResult:
+        async with store:
+            with file.open("rb") as lines:
+                return await import_records(store, lines)
+
+    try:
+        result = asyncio.run(run())
+    except ValueError as exc:
+        raise typer.BadParameter(f"{file}: {exc}", param_hint="FILE") from None
+    console.print(
+        f"imported {result.records} record(s) into {store.backend}: {result.applied} applied, "
+        f"{result.ignored} already there",
+        highlight=False,
+    )
+
+
 # -------------------------------------------------------------------------------- demo
 
 
