@@ -38,7 +38,7 @@ __all__ = ["ExampleFailed", "main", "run_example"]
 
 RECRUITER_ID = "recruiter"
 MANAGER_ID = "hiring-manager"
-SYNC_TIMEOUT = 20.0
+DEFAULT_SYNC_TIMEOUT = 20.0
 
 CANDIDATES = [
     {
@@ -115,7 +115,9 @@ def names(candidates: Sequence[Candidate]) -> str:
 # ------------------------------------------------------------------------------ the flow
 
 
-def run_example(relay_url: str, data_dir: Path) -> None:
+def run_example(
+    relay_url: str, data_dir: Path, *, sync_timeout: float = DEFAULT_SYNC_TIMEOUT
+) -> None:
     """Walk through the recruiter's flow against the relay at ``relay_url``.
 
     Raises :class:`ExampleFailed` (or a :class:`~commander_os.errors.CommanderStorageError`) if
@@ -133,8 +135,8 @@ def run_example(relay_url: str, data_dir: Path) -> None:
         ranked = match(recruiter, requisition_id)
         schedule(recruiter, requisition_id, ranked)
         move_through_pipeline(recruiter, requisition_id, ranked, candidates)
-        sync(recruiter)
-        interact(recruiter, relay_url, data_dir, candidates)
+        sync(recruiter, sync_timeout)
+        interact(recruiter, relay_url, data_dir, candidates, sync_timeout)
     finally:
         recruiter.close()
 
@@ -294,11 +296,11 @@ def move_through_pipeline(
     expect(stats[CandidateStatus.HIRED] == 1 and stats[CandidateStatus.REJECTED] == 1, "stats")
 
 
-def sync(store: RecruiterAgentStorage) -> None:
+def sync(store: RecruiterAgentStorage, timeout: float) -> None:
     """Wait until every local change is on the relay."""
     section("8. Sync")
     pending = store.get_sync_queue_size()
-    expect(store.wait_for_sync(timeout=SYNC_TIMEOUT), "the relay took every change in time")
+    expect(store.wait_for_sync(timeout), f"the relay took every change within {timeout} s")
     say(f"wait_for_sync(): {pending} changes were still queued, now {store.get_sync_queue_size()}")
     summary = next(a for a in store.relay.agents() if a["agent_id"] == store.agent_id)
     tables = ", ".join(f"{table} {count}" for table, count in sorted(summary["tables"].items()))
@@ -306,7 +308,11 @@ def sync(store: RecruiterAgentStorage) -> None:
 
 
 def interact(
-    recruiter: RecruiterAgentStorage, relay_url: str, data_dir: Path, candidates: list[Candidate]
+    recruiter: RecruiterAgentStorage,
+    relay_url: str,
+    data_dir: Path,
+    candidates: list[Candidate],
+    timeout: float,
 ) -> None:
     """A hiring manager finds the recruiter's candidates on the relay and answers."""
     section("9. Agent interaction through the relay")
@@ -327,7 +333,7 @@ def interact(
         expect({r["key"] for r in found} == {c.id for c in local}, "relay matches local search")
         shortlist = sorted(r["data"]["name"] for r in found if r["data"]["status"] != "hired")
         manager.set("shortlist/senior-backend", {"candidates": shortlist, "by": MANAGER_ID})
-        expect(manager.wait_for_sync(timeout=SYNC_TIMEOUT), "the shortlist reached the relay")
+        expect(manager.wait_for_sync(timeout), "the shortlist reached the relay")
         answer = recruiter.query_network(agent_id=MANAGER_ID, table="kv", key_prefix="shortlist/")
         expect(len(answer) == 1, "the recruiter reads the manager's shortlist")
         say(f"{RECRUITER_ID} reads {MANAGER_ID}'s shortlist: {answer[0]['data']['value']}")
@@ -359,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--relay", help="relay URL (default: start one on 127.0.0.1)")
     parser.add_argument("--data-dir", type=Path, help="where the stores go (default: a temp dir)")
+    parser.add_argument(
+        "--sync-timeout",
+        type=float,
+        default=DEFAULT_SYNC_TIMEOUT,
+        help=f"seconds to wait for the relay (default {DEFAULT_SYNC_TIMEOUT:g})",
+    )
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         if args.data_dir is None:
@@ -373,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         try:
             url = stack.enter_context(_relay(args.relay, data_dir))
-            run_example(url, data_dir)
+            run_example(url, data_dir, sync_timeout=args.sync_timeout)
         except (ExampleFailed, CommanderStorageError, RuntimeError) as exc:
             print(f"\nFAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
