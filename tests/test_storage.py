@@ -346,6 +346,10 @@ def test_keys_prefix_must_be_a_string(make_storage: MakeStorage) -> None:
     storage = make_storage()
     with pytest.raises(TypeError):
         storage.keys(prefix=None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidKey, match="prefix"):
+        storage.keys(prefix="a\ud800")
+    with pytest.raises(InvalidKey, match="prefix"):
+        storage.list_all(prefix="\udfff")
 
 
 def test_keys_prefix_property(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from commander_os.errors import ValueTooLarge
+from commander_os.errors import InvalidKey, ValueTooLarge
 from commander_os.identifiers import validate_key
 from commander_os.storage.base_storage import BaseStorage, run_in_thread
 from commander_os.storage.migrations import Migration
@@ -188,6 +188,11 @@ class AgentStorage(BaseStorage):
     def _scan(self, all_sql: str, range_sql: str, from_sql: str, prefix: str) -> Any:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
+        if not prefix.isascii():
+            try:
+                prefix.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidKey(f"prefix is not valid Unicode text: {prefix!r:.80}") from exc
         conn = self._require_open()
         if not prefix:
             return conn.execute(all_sql)
