@@ -49,6 +49,7 @@ IDLE_POLL_SECONDS = 0.1
 #: First retry delay after a failure; doubles up to ``sync_interval``.
 BACKOFF_START_SECONDS = 0.05
 SELECT_EPOCH = "SELECT value FROM _sync_meta WHERE key = 'epoch'"
+SELECT_PENDING_UP_TO = "SELECT 1 FROM _sync_queue WHERE seq <= ? LIMIT 1"
 
 
 class WorkerState(Enum):
@@ -123,6 +124,8 @@ class SyncWorker:
         self._stop = threading.Event()
         self._acked = threading.Condition()
         self._acked_seq = 0
+        self._reader: sqlite3.Connection | None = None  # for wait_acked(), off the ship lock
+        self._reader_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.state = WorkerState.IDLE
         self.last_sync: float | None = None
@@ -299,16 +302,35 @@ class SyncWorker:
         self.failures += 1
 
     def wait_acked(self, seq: int, timeout: float | None) -> bool:
-        """Block until the relay acked local sequence number ``seq``; False on timeout."""
+        """Block until the relay acked local sequence number ``seq``; False on timeout.
+
+        Acks this worker saw wake it at once. The queue itself is the truth, though: a change
+        is on the relay once its outbox row is gone, whoever shipped it (another process holding
+        the shipper lock, or this store before it was reopened), so that is checked too.
+        """
         self.notify()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._acked:
-            while self._acked_seq < seq:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._acked.wait(remaining)
-        return True
+        while True:
+            with self._acked:
+                if self._acked_seq >= seq:
+                    return True
+            if not self._pending_up_to(seq):
+                self._mark_acked(seq)
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            with self._acked:
+                if self._acked_seq < seq:
+                    # Bounded, so acks made by another process are noticed by the check above.
+                    self._acked.wait(min(remaining or IDLE_POLL_SECONDS, IDLE_POLL_SECONDS))
+
+    def _pending_up_to(self, seq: int) -> bool:
+        """True while an outbox row with sequence number ``seq`` or lower remains."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            return self._reader.execute(SELECT_PENDING_UP_TO, (seq,)).fetchone() is not None
 
     def status(self) -> dict[str, Any]:
         """What ``health_check()`` reports under ``relay``."""
@@ -353,12 +375,18 @@ class SyncWorker:
                 self._conn.close()
                 self._conn = None
             self.client.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         self.state = WorkerState.STOPPED
 
     def forget_after_fork(self) -> None:
         """In a forked child: abandon the parent's thread, lock and connections untouched."""
         self._lease.forget()
         self._conn = None
+        self._reader = None
+        self._reader_lock = threading.Lock()
         self._thread = None
         self._ship_lock = threading.Lock()
         self.state = WorkerState.STOPPED

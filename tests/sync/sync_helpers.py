@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
+import zstandard
 
 from commander_os.network.client import RelayClient
 from commander_os.storage.agent_storage import AgentStorage
@@ -135,17 +139,21 @@ class OrderWatcher:
         self.snapshots += 1
 
     def _check(self, agent: str, records: list[dict], ledger: Ledger) -> None:
-        state: dict[str, int] = {}
+        state: dict[str, tuple[int | None, int]] = {}  # key -> (write number or None, version)
         for record in records:
             ident = (agent, record["key"])
             previous = self.seen_version.get(ident, 0)
             if record["version"] < previous:
                 self.backwards.append(f"{ident}: version {record['version']} < {previous}")
             self.seen_version[ident] = max(previous, record["version"])
-            if not record["deleted"]:
-                state[record["key"]] = record["data"]["value"]["n"]
-        newest = max(state.values(), default=-1)
-        # Every key must reflect its last write at or before `newest` (deletes: absent/deleted).
+            number = None if record["deleted"] else record["data"]["value"]["n"]
+            state[record["key"]] = (number, record["version"])
+        sets = [(n, version) for n, version in state.values() if n is not None]
+        if not sets:
+            return
+        newest, newest_version = max(sets)
+        # Every key must reflect its last write at or before `newest`. (A tombstone newer than
+        # `newest` is a later delete; one older than it is a stale state: out of order.)
         writes = list(ledger.writes)  # the writer thread appends; a copy is enough
         expected: dict[str, int | None] = {}
         for n, key, is_delete in writes:
@@ -153,11 +161,14 @@ class OrderWatcher:
                 break
             expected[key] = None if is_delete else n
         for key, n in expected.items():
-            held = state.get(key)
-            if n is not None and (held is None or held < n):
+            if n is None:
+                continue
+            held, version = state.get(key, (None, 0))
+            stale = version < newest_version if held is None else held < n
+            if stale:
                 self.out_of_order.append(
-                    f"{agent}/{key}: relay shows write {newest} but holds {held} for a key "
-                    f"written as {n} before it"
+                    f"{agent}/{key}: relay shows write {newest} but holds {held} (version "
+                    f"{version}) for a key written as {n} before it"
                 )
 
 
@@ -281,3 +292,161 @@ class Child:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+
+
+# --------------------------------------------------------------------- a dropping proxy
+
+
+def _read_http_message(sock: socket.socket, buffer: bytearray) -> bytes | None:
+    """One HTTP/1.1 message (headers + Content-Length body) from ``sock``; None at EOF."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    head_end = buffer.index(b"\r\n\r\n") + 4
+    length = 0
+    for line in bytes(buffer[:head_end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+        assert name.strip().lower() != b"transfer-encoding", "the test proxy needs lengths"
+    while len(buffer) < head_end + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    message = bytes(buffer[: head_end + length])
+    del buffer[: head_end + length]
+    return message
+
+
+def _body(message: bytes) -> tuple[bytes, bytes]:
+    head, _, body = message.partition(b"\r\n\r\n")
+    return head, body
+
+
+@dataclass
+class Exchange:
+    """One write request that went through the proxy, and the relay's answer to it."""
+
+    path: str
+    records: list[tuple[str, str, int]]  # (agent_id, key, version)
+    ack: dict
+    dropped: bool
+
+
+class DroppingProxy:
+    """A real TCP proxy on 127.0.0.1 that forwards requests to the relay and, for every
+    ``drop_every``-th write (``/relay/immediate`` or ``/relay/batch``), drops the connection
+    instead of returning the reply: the relay committed, the agent never hears of it.
+
+    At most ``max_drops`` replies are dropped, so every run ends.
+    """
+
+    def __init__(self, upstream: str, *, drop_every: int = 3, max_drops: int = 20) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.drop_every = drop_every
+        self.max_drops = max_drops
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+        self._writes = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
+
+    @property
+    def dropped(self) -> int:
+        return sum(1 for exchange in self.exchanges if exchange.dropped)
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._relay_connection, args=(client,), daemon=True)
+            with self._lock:
+                self._sockets.append(client)
+                self._threads.append(thread)
+            thread.start()
+
+    def _relay_connection(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.upstream, timeout=WAIT)
+        with self._lock:
+            self._sockets.append(upstream)
+        from_client, from_upstream = bytearray(), bytearray()
+        try:
+            while True:
+                request = _read_http_message(client, from_client)
+                if request is None:
+                    return
+                upstream.sendall(request)
+                response = _read_http_message(upstream, from_upstream)
+                if response is None:
+                    return
+                if not self._forward(request, response):
+                    return  # closing both ends drops the reply
+                client.sendall(response)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def _forward(self, request: bytes, response: bytes) -> bool:
+        head, body = _body(request)
+        path = head.split(b" ", 2)[1].decode()
+        if path not in ("/relay/immediate", "/relay/batch"):
+            return True
+        if b"content-encoding: zstd" in head.lower():
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        parsed = orjson.loads(body)
+        records = parsed.get("records", [parsed])
+        status = int(response.split(b" ", 2)[1])
+        ack = orjson.loads(_body(response)[1]) if status == 200 else {}
+        with self._lock:
+            self._writes += 1
+            drop = (
+                status == 200
+                and self._writes % self.drop_every == 0
+                and self.dropped < self.max_drops
+            )
+            self.exchanges.append(
+                Exchange(
+                    path,
+                    [(r["agent_id"], r["key"], r["version"]) for r in records],
+                    ack,
+                    drop,
+                )
+            )
+        return not drop
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in [self._accept, *threads]:
+            thread.join(10)
+        for sock in sockets:
+            sock.close()
+
+
+def exactly_once_in_effect(exchanges: list[Exchange]) -> tuple[int, int, int]:
+    """``(distinct records sent, applied, ignored)`` over every committed write request.
+
+    Each distinct ``(agent, key, version)`` must be applied exactly once: a replay is ignored.
+    """
+    distinct = {record for exchange in exchanges for record in exchange.records}
+    applied = sum(exchange.ack.get("applied", 0) for exchange in exchanges)
+    ignored = sum(exchange.ack.get("ignored", 0) for exchange in exchanges)
+    return len(distinct), applied, ignored

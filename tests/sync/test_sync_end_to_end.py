@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sync_helpers import WAIT, Ledger, compare_with_relay, relay_records, wait_until
+from sync_helpers import WAIT, Child, Ledger, compare_with_relay, relay_records, wait_until
 
 from commander_os.network.process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
@@ -266,3 +266,60 @@ def test_write_visible_on_relay_without_explicit_sync(
 
     wait_until(arrived, what="the write on the relay")
     assert store.get_sync_queue_size() == 0
+
+
+def test_wait_for_sync_after_reopening_with_an_empty_queue(
+    shared_relay: RelayProcess, tmp_path: Path, agent_id: str
+) -> None:
+    """Regression: a reopened store waited for acks it had no way to see, and timed out."""
+    data_dir = tmp_path / agent_id
+    with AgentStorage(agent_id, data_dir, htpc_url=free_port_url(), enable_htpc=True) as store:
+        store.set_many({f"k{i}": i for i in range(10)})
+    with AgentStorage(agent_id, data_dir, htpc_url=shared_relay.url, enable_htpc=True) as store:
+        assert store.wait_for_sync(WAIT)  # ships what the last session queued
+    with AgentStorage(agent_id, data_dir, htpc_url=shared_relay.url, enable_htpc=True) as store:
+        assert store.get_sync_queue_size() == 0
+        assert store.wait_for_sync(5.0)  # nothing pending: true at once, not after a timeout
+    assert len(relay_records(shared_relay.url, [agent_id])) == 10
+
+
+HOLD_THE_SHIPPER_LOCK = """
+import sys
+from pathlib import Path
+from commander_os.storage.agent_storage import AgentStorage
+
+agent, data_dir, url = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+store = AgentStorage(agent, data_dir, htpc_url=url, enable_htpc=True, sync_interval=0.3)
+store.set("from-child", 1)
+assert store.wait_for_sync(60)
+print("shipping" if store.health_check()["relay"]["shipping"] else "not shipping", flush=True)
+sys.stdin.readline()  # until killed
+"""
+
+
+def test_two_processes_on_one_store_only_one_ships_and_the_other_takes_over(
+    shared_relay: RelayProcess,
+    tmp_path: Path,
+    agent_id: str,
+    make_agent: MakeAgent,
+    spawn: Callable[..., Child],
+) -> None:
+    data_dir = tmp_path / "agents" / agent_id
+    child = spawn(HOLD_THE_SHIPPER_LOCK, agent_id, str(data_dir), shared_relay.url)
+    assert child.read_line() == "shipping"
+    store = make_agent(agent_id, shared_relay.url)
+    worker = store.sync_worker
+    assert worker is not None
+    store.set_many({f"p{i}": i for i in range(10)})
+    # The child process ships our writes (it polls for other processes' commits) ...
+    assert store.wait_for_sync(WAIT)
+    assert worker.shipped_total == 0
+    assert store.health_check()["relay"]["shipping"] is False
+    # ... until it dies: then this process takes the lock and ships.
+    child.kill()
+    store.set("after", 1)
+    assert store.wait_for_sync(WAIT)
+    assert worker.shipped_total >= 1
+    assert store.health_check()["relay"]["shipping"] is True
+    keys = sorted(key for _, key in relay_records(shared_relay.url, [agent_id]))
+    assert keys == sorted(["from-child", "after", *(f"p{i}" for i in range(10))])
