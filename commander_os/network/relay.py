@@ -44,6 +44,7 @@ from commander_os.errors import ConfigError, ValueTooLarge
 from commander_os.network.central import CentralStore, store_for_config
 from commander_os.network.central.base import (
     CentralStoreUnavailable,
+    EncodedRecord,
     InvalidCursor,
     QueryTimeout,
     encode_cursor,
@@ -60,6 +61,7 @@ from commander_os.network.protocol import (
     StoredRecord,
 )
 from commander_os.network.relay_body import RequestProblem, check_records, parse_model, read_body
+from commander_os.network.relay_fastpath import fast_batch, fast_record
 
 __all__ = ["LISTENING_PREFIX", "create_app", "main", "serve"]
 
@@ -157,12 +159,18 @@ class _MetricsMiddleware:
 # ----------------------------------------------------------------------------- handlers
 
 
-async def _apply(state: _State, records: Sequence[ChangeRecord]) -> list[Ack]:
+async def _apply(
+    state: _State, records: Sequence[ChangeRecord] | None, encoded: list[EncodedRecord] | None
+) -> list[Ack]:
+    """Apply validated models, or records the fast path already encoded; count and notify."""
     if not state.config.enable_storage_sync:
         raise CentralStoreUnavailable("storage sync is disabled on this relay")
     started = time.perf_counter()
     try:
-        acks = await state.store.apply(records)
+        if encoded is not None:
+            acks = await state.store.apply_encoded(encoded)
+        else:
+            acks = await state.store.apply(records or [])
     except ValueTooLarge as exc:
         raise RequestProblem(413, "value_too_large", str(exc)) from None
     except ValueError as exc:  # data that cannot be stored as JSON (e.g. a 70-bit integer)
@@ -343,21 +351,33 @@ def create_app(config: RelayConfig, *, store: CentralStore | None = None) -> Fas
     _install_error_handlers(app)
     _install_openapi(app, [ChangeRecord, BatchRequest, QueryRequest])
     limits = config.limits
+    # Well-formed write bodies skip the models when the store takes encoded records.
+    fast = state.store.accepts_encoded()
 
     @app.post("/relay/immediate", response_model=Ack, openapi_extra=_body_doc(ChangeRecord))
     async def relay_immediate(request: Request) -> Response:
         """Apply one change record; answers after the durable commit."""
-        record = parse_model(ChangeRecord, await read_body(request, limits))
-        check_records([record], limits)
-        (ack,) = await _apply(state, [record])
+        body = await read_body(request, limits)
+        encoded = fast_record(body, limits) if fast else None
+        if encoded is not None:
+            (ack,) = await _apply(state, None, encoded)
+        else:
+            record = parse_model(ChangeRecord, body)
+            check_records([record], limits)
+            (ack,) = await _apply(state, [record], None)
         return _json(ack.model_dump())
 
     @app.post("/relay/batch", response_model=Ack, openapi_extra=_body_doc(BatchRequest))
     async def relay_batch(request: Request) -> Response:
         """Apply many records of one agent (gzip or zstd body); one ack after the commit."""
-        batch = parse_model(BatchRequest, await read_body(request, limits))
-        check_records(batch.records, limits)
-        (ack,) = await _apply(state, batch.records)
+        body = await read_body(request, limits)
+        encoded = fast_batch(body, limits) if fast else None
+        if encoded is not None:
+            (ack,) = await _apply(state, None, encoded)
+        else:
+            batch = parse_model(BatchRequest, body)
+            check_records(batch.records, limits)
+            (ack,) = await _apply(state, batch.records, None)
         return _json(ack.model_dump())
 
     @app.post("/relay/query", response_model=QueryResponse, openapi_extra=_body_doc(QueryRequest))

@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -81,9 +81,11 @@ class QueryTimeout(CentralStoreError):
     """A query ran past the store's time budget; narrow it (agent_id, table) and retry."""
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedRecord:
-    """A change record ready for storage: data as JSON bytes, ts as UTC microseconds."""
+class EncodedRecord(NamedTuple):
+    """A change record ready for storage: data as JSON text, ts as UTC microseconds.
+
+    A NamedTuple because the relay's ingest path builds tens of thousands per second.
+    """
 
     agent_id: str
     table: str
@@ -204,6 +206,8 @@ class CentralStore(ABC):
 
     #: Short backend name shown by ``/health`` ("sqlite", "postgresql").
     backend: str = "abstract"
+    #: Encoded values larger than this are refused by :meth:`apply` (None: no limit).
+    max_value_bytes: int | None = None
 
     @abstractmethod
     async def open(self) -> None:
@@ -213,7 +217,6 @@ class CentralStore(ABC):
     async def close(self) -> None:
         """Finish pending applies, then release every resource. Idempotent."""
 
-    @abstractmethod
     async def apply(self, records: Sequence[ChangeRecord]) -> list[Ack]:
         """Apply ``records`` durably; return one :class:`Ack` per agent, in first-seen order.
 
@@ -221,6 +224,22 @@ class CentralStore(ABC):
         Raises ``ValueTooLarge``/``ValueError`` before writing anything if a value cannot be
         stored, and :class:`CentralStoreUnavailable` if the store cannot commit.
         """
+        return await self.apply_encoded(
+            encode_records(records, max_value_bytes=self.max_value_bytes)
+        )
+
+    async def apply_encoded(self, records: Sequence[EncodedRecord]) -> list[Ack]:
+        """:meth:`apply` for records already encoded by the caller (the relay's fast path).
+
+        Optional: a store that does not override it is fed through :meth:`apply` instead
+        (see :meth:`accepts_encoded`). Overriding stores must check what ``apply`` checks.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not take encoded records")
+
+    @classmethod
+    def accepts_encoded(cls) -> bool:
+        """True if this store overrides :meth:`apply_encoded`."""
+        return cls.apply_encoded is not CentralStore.apply_encoded
 
     @abstractmethod
     async def query(self, request: QueryRequest) -> QueryResponse:
