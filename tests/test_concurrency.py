@@ -211,3 +211,31 @@ def test_multiprocessing_fork_child(make_storage: MakeStorage) -> None:
     assert result == 0
     assert proc.exitcode == 0
     assert storage.get("child") == proc.pid
+
+
+def test_fork_while_another_thread_is_in_a_transaction(make_storage: MakeStorage) -> None:
+    storage = make_storage(busy_timeout=2)
+    storage.set("before", 1)
+    inside = threading.Event()
+
+    def hold_a_transaction() -> None:
+        with storage.transaction():
+            storage.set("held", 1)
+            inside.set()
+            time.sleep(0.2)  # still inside when the main thread forks
+
+    thread = threading.Thread(target=hold_a_transaction)
+    thread.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result travels back as its exit code
+        code = 1
+        try:
+            storage.set("child", 1)  # would stay "locked" if fork split the transaction
+            code = 0 if storage.get("held") == 1 else 2
+        finally:
+            os._exit(code)
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert storage.keys() == ["before", "child", "held"]

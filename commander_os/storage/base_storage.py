@@ -557,9 +557,41 @@ def _merge_config(config: StorageConfig | None, overrides: dict[str, Any]) -> St
         raise ConfigError(f"invalid storage settings: {exc}") from None
 
 
+# Stores whose lock the forking thread holds across fork(), released after it in the parent.
+_held_across_fork: list[BaseStorage] = []
+
+
+def _quiesce_before_fork() -> None:
+    # A transaction open in another thread at fork() time would leave the child's SQLite
+    # believing this process still holds the write lock (it cannot tell the parent's lock from
+    # its own), so every write in the child would fail with StorageBusy. So fork() waits until
+    # no thread is inside a store's lock. Taking the locks without blocking, and letting go of
+    # all of them when one is busy, cannot deadlock with a thread that nests two stores.
+    stores = list(_live_stores)
+    while True:
+        for store in stores:
+            if not store._lock.acquire(blocking=False):
+                break
+            _held_across_fork.append(store)
+        else:
+            return
+        _release_after_fork_in_parent()
+        time.sleep(0.001)
+
+
+def _release_after_fork_in_parent() -> None:
+    while _held_across_fork:
+        _held_across_fork.pop()._lock.release()
+
+
 def _reopen_all_after_fork() -> None:
+    _held_across_fork.clear()  # the child gets fresh locks
     for store in list(_live_stores):
         store._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_reopen_all_after_fork)
+os.register_at_fork(
+    before=_quiesce_before_fork,
+    after_in_parent=_release_after_fork_in_parent,
+    after_in_child=_reopen_all_after_fork,
+)
