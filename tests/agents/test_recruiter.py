@@ -453,17 +453,34 @@ def test_schedule_and_list_interviews(
 ) -> None:
     ada, grace = people["ada"], people["grace"]
     first = store.schedule_interview(
-        ada.id, req_id, "2031-03-03T09:00:00Z", "2031-03-03T10:00:00+00:00", interviewer="Maria"
+        ada.id,
+        req_id,
+        "2031-03-03T09:00:00Z",
+        "2031-03-03T10:00:00+00:00",
+        interviewer="Maria",
+        interview_id="i1",
     )
     assert (first.starts_at, first.ends_at) == (at(0), at(1))
     assert first.status is InterviewStatus.SCHEDULED
     # Back to back with the same interviewer, and naive times taken as UTC.
     second = store.schedule_interview(
-        grace.id, req_id, datetime(2031, 3, 3, 10), datetime(2031, 3, 3, 11), interviewer="maria"
+        grace.id,
+        req_id,
+        datetime(2031, 3, 3, 10),
+        datetime(2031, 3, 3, 11),
+        interviewer="maria",
+        interview_id="i2",
     )
-    # Another interviewer at the same time as the first, for another candidate.
+    # Another interviewer at the same time as the first, for another candidate (ties on the
+    # start time are listed by id).
     third = store.schedule_interview(
-        people["linus"].id, req_id, at(0), at(1), interviewer="Omar", stage="phone screen"
+        people["linus"].id,
+        req_id,
+        at(0),
+        at(1),
+        interviewer="Omar",
+        stage="phone screen",
+        interview_id="i3",
     )
     assert store.get_interview(first.id) == first
     assert [c.id for c in store.requisition_candidates(req_id)] == [
