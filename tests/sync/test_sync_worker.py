@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 import zstandard
-from sync_helpers import WAIT, relay_records
+from sync_helpers import WAIT, relay_records, wait_until
 
 from commander_os.config import StorageConfig
 from commander_os.errors import RelayError, RelayUnavailable
@@ -260,11 +260,13 @@ def test_dead_letters_show_in_health_check(
     store = make_agent("worker-dead-health", shared_relay.url, max_retry_count=2)
     store.set("poison", poison)
     store.set("fine", 1)
+
     # The background worker retries the refused record and then gives up on it.
-    deadline_checks = 0
-    while store.health_check()["dead_letters"] != 1 and deadline_checks < 3000:
-        deadline_checks += 1
-        store.wait_for_sync(0.02)
+    def settled() -> bool:
+        health = store.health_check()
+        return health["dead_letters"] == 1 and health["sync_queue_size"] == 0
+
+    wait_until(settled, what="the poison dead-lettered and the rest delivered")
     health = store.health_check()
     assert health["dead_letters"] == 1
     assert health["sync_queue_size"] == 0
