@@ -60,7 +60,9 @@ def _encode(
     if type(item) is not dict or not _REQUIRED <= item.keys() <= _FIELDS:
         raise _Slow
     agent, table, key = item["agent_id"], item["table"], item["key"]
-    if agent != agent_id and (type(agent) is not str or not _AGENT_ID.fullmatch(agent)):
+    # A batch's own agent_id was checked once; anything else is checked here.
+    checked = agent_id is not None and agent == agent_id
+    if not checked and (type(agent) is not str or not _AGENT_ID.fullmatch(agent)):
         raise _Slow
     if table not in tables:
         if type(table) is not str or not _TABLE.fullmatch(table):

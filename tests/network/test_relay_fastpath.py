@@ -145,9 +145,18 @@ def test_well_formed_bodies_take_the_fast_path() -> None:
         orjson.dumps({**VALID, "data": {"blob": "x" * 3000}}),
         orjson.dumps({**VALID, "data": {"a": {"b": {"c": {"d": {}}}}}}),
         orjson.dumps({**VALID, "ts": "2026-11-27T02:33:27"}),
+        orjson.dumps({**VALID, "agent_id": None}),
         b"{not json",
     ],
-    ids=["long integer", "non-ASCII key", "large value", "deep value", "naive ts", "bad JSON"],
+    ids=[
+        "long integer",
+        "non-ASCII key",
+        "large value",
+        "deep value",
+        "naive ts",
+        "null agent",
+        "bad JSON",
+    ],
 )
 def test_unusual_bodies_go_to_the_slow_path(body: bytes) -> None:
     assert fast_record(body, LIMITS) is None
