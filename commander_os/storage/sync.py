@@ -134,6 +134,7 @@ class SyncWorker:
         self._reader: sqlite3.Connection | None = None  # for wait_acked(), off the ship lock
         self._reader_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._kept_for_retry = False
         self.state = WorkerState.IDLE
         self.last_sync: float | None = None
         self.last_error: str | None = None
@@ -185,6 +186,7 @@ class SyncWorker:
             if batch is None:
                 return 0
             changes, epoch = batch
+            self._kept_for_retry = False
             try:
                 done = self._ship(conn, changes, epoch)
             except RelayUnavailable as exc:
@@ -197,6 +199,10 @@ class SyncWorker:
                 self._failed(exc)
                 raise RelayUnavailable(str(exc)) from exc
             self._succeeded()
+            if not self._kept_for_retry:
+                # Everything up to the batch's newest row is resolved (acked or dead-lettered).
+                # After a partial failure only wait_acked's look at the queue can tell.
+                self._mark_acked(max(change.seq for change in changes))
             return done
 
     def drain(self, batch_size: int | None = None) -> int:
@@ -262,7 +268,6 @@ class SyncWorker:
             )
         seqs = [seq for change in changes for seq in change.seqs]
         self._write(conn, lambda: outbox.ack_seqs(conn, seqs))
-        self._mark_acked(max(seqs))
         self.shipped_total += len(seqs)
         return len(seqs)
 
@@ -278,9 +283,9 @@ class SyncWorker:
         if change.attempts + 1 >= self.config.max_retry_count:
             self._write(conn, lambda: outbox.dead_letter(conn, change.seqs, record, reason))
             self.dead_lettered_total += 1
-            self._mark_acked(change.seq)
         else:
             self._write(conn, lambda: outbox.record_failure(conn, change.seqs, reason))
+            self._kept_for_retry = True
 
     def _write(self, conn: sqlite3.Connection, action: Callable[[], object]) -> None:
         with self._write_lock:
