@@ -257,7 +257,10 @@ class BaseStorage:
                 raise
             self._depth = depth
             try:
-                conn.execute(f"RELEASE {savepoint}" if depth else "COMMIT")
+                if depth:
+                    conn.execute(f"RELEASE {savepoint}")
+                elif conn.in_transaction:  # the block may have called conn.commit() itself
+                    conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction and not depth:
                     conn.execute("ROLLBACK")
