@@ -5,6 +5,9 @@
   visible. Prints ``ready`` once it follows the feed.
 * ``drain DIR URL OUT``: open the agent store in ``DIR`` against the relay at ``URL``, drain its
   backlog and write the time taken and the memory used (``VmRSS`` before, ``VmHWM`` after).
+* ``ingest URL AGENT BATCHES SIZE OUT``: build ``BATCHES`` zstd bodies of ``SIZE`` records as
+  ``RelayClient.push`` does, print ``ready``, wait for a line on stdin, post them one after
+  the other to ``/relay/batch``, and write the start, end and per-batch latencies.
 
 A separate process for each keeps the measuring out of the measured process's GIL and memory.
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["drain", "proc_status_kib", "watch"]
+__all__ = ["drain", "ingest", "proc_status_kib", "watch"]
 
 WATCH_WAIT_SECONDS = 5.0
 
@@ -56,15 +59,25 @@ def watch(url: str, agent_id: str, count: int, out: Path, timeout: float = 300.0
     out.write_bytes(orjson.dumps(seen))
 
 
+def _queue_size(path: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM _sync_queue").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def drain(directory: Path, url: str, out: Path) -> None:
     """Open the store with a backlog, ship all of it, report seconds and memory."""
     rss_before = proc_status_kib("VmRSS")
     from commander_os.storage.agent_storage import AgentStorage
 
+    queued = _queue_size(directory / "backlog.db")  # before the worker starts shipping
     rss_imported = proc_status_kib("VmRSS")
     started = time.perf_counter()
     store = AgentStorage(agent_id="backlog", data_dir=directory, enable_htpc=True, htpc_url=url)
-    queued = store.get_sync_queue_size()
     worker = store.sync_worker
     assert worker is not None
     # The background worker starts shipping at once; draining here as well ends exactly when
@@ -85,6 +98,57 @@ def drain(directory: Path, url: str, out: Path) -> None:
     out.write_bytes(orjson.dumps(result))
 
 
+def _bodies(agent_id: str, batches: int, size: int) -> list[bytes]:
+    import zstandard
+
+    from benchmarks import workload
+    from commander_os.network.protocol import format_ts
+
+    compressor = zstandard.ZstdCompressor(level=1)  # as RelayClient does
+    now = format_ts(time.time())
+    bodies = []
+    for batch in range(batches):
+        records = [
+            {
+                "agent_id": agent_id,
+                "table": "kv",
+                "key": workload.key(batch * size + i),
+                "op": "upsert",
+                "data": {
+                    "key": workload.key(batch * size + i),
+                    "value": workload.value(batch * size + i, 1),
+                    "updated_at": time.time(),
+                },
+                "version": (1 << 32) | (batch * size + i + 1),
+                "ts": now,
+            }
+            for i in range(size)
+        ]
+        bodies.append(compressor.compress(orjson.dumps({"agent_id": agent_id, "records": records})))
+    return bodies
+
+
+def ingest(url: str, agent_id: str, batches: int, size: int, out: Path) -> None:
+    """Push prepared batches as fast as the relay acknowledges them; write the timings."""
+    import httpx
+
+    bodies = _bodies(agent_id, batches, size)
+    headers = {"content-type": "application/json", "content-encoding": "zstd"}
+    latencies = []
+    with httpx.Client(base_url=url, timeout=120) as http:
+        http.get("/health")  # connect before the start signal
+        print("ready", flush=True)
+        sys.stdin.readline()
+        started = time.monotonic_ns()
+        for body in bodies:
+            sent = time.perf_counter()
+            response = http.post("/relay/batch", content=body, headers=headers)
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - sent)
+        ended = time.monotonic_ns()
+    out.write_bytes(orjson.dumps({"start": started, "end": ended, "latencies": latencies}))
+
+
 def main(argv: list[str]) -> int:
     """Dispatch ``watch`` / ``drain`` (see the module docstring)."""
     command, *args = argv
@@ -92,6 +156,8 @@ def main(argv: list[str]) -> int:
         watch(args[0], args[1], int(args[2]), Path(args[3]))
     elif command == "drain":
         drain(Path(args[0]), args[1], Path(args[2]))
+    elif command == "ingest":
+        ingest(args[0], args[1], int(args[2]), int(args[3]), Path(args[4]))
     else:
         raise SystemExit(f"unknown command {command!r}")
     return 0

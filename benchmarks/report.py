@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.core import Result, Stats, format_value
@@ -38,9 +39,9 @@ def print_table(results: Sequence[Result], *, title: str, console: Console | Non
     for result in results:
         ratio = result.ratio
         table.add_row(
-            result.metric,
+            escape(result.metric),
             _cell(result, result.ours),
-            result.peer_name or "",
+            escape(result.peer_name or ""),
             _cell(result, result.peer),
             "" if ratio is None else f"{ratio:.2f}x",
             "" if result.target is None else result.target.describe(result.unit),

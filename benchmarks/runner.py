@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if Console().is_terminal else 160)
 
     def log(message: str) -> None:
-        console.log(message)
+        console.log(message, markup=False)
 
     owned = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="commander-bench-")) if owned else args.workdir

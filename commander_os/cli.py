@@ -363,6 +363,38 @@ def demo(
     run_demo(port=port, data_dir=data_dir, keep_running=keep_running, console=console)
 
 
+# ------------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes (seconds).")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
+    only: Annotated[
+        str, typer.Option("--only", help="Areas to run, comma-separated.")
+    ] = "local,sync,relay",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Also measure the relay on this PostgreSQL."),
+    ] = None,
+) -> None:
+    """Run the benchmark suite (``python -m benchmarks``): a table of ours vs peers."""
+    # The suite lives in the source tree (benchmarks/), beside this package, not in the wheel.
+    try:
+        from benchmarks.runner import main as run_benchmarks
+    except ImportError:
+        err_console.print("error: the benchmarks/ folder is not importable; run from a checkout")
+        raise typer.Exit(2) from None
+    argv = ["--only", only]
+    argv += ["--quick"] if quick else ["--full"] if full else []
+    argv += ["--json", str(json_path)] if json_path is not None else []
+    argv += ["--database-url", database_url] if database_url else []
+    raise typer.Exit(run_benchmarks(argv))
+
+
 def main() -> None:
     """Entry point of the ``commander-os`` console script."""
     try:
