@@ -229,6 +229,30 @@ class BaseStorage:
         return self._conn
 
     @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """Read several statements as one consistent snapshot.
+
+        Holds the store's lock (the connection is shared by the store's threads) and, outside a
+        write transaction, opens a read transaction so that no other process's commit lands
+        between two of the block's statements::
+
+            with storage.reading() as conn:
+                total = conn.execute("SELECT COUNT(*) FROM notes").fetchone()[0]
+                newest = conn.execute("SELECT MAX(created) FROM notes").fetchone()[0]
+        """
+        with self._lock:
+            conn = self._require_open()
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Group writes into one atomic transaction (``BEGIN IMMEDIATE``).
 

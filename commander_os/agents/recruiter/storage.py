@@ -98,13 +98,6 @@ class RecruiterAgentStorage(BaseStorage):
         except sqlite3.IntegrityError as exc:
             raise InvalidInput(f"the database refused the change: {exc}") from exc
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        # The connection is shared by the store's threads: holding the store's lock means a
-        # read never sees another thread's half-done transaction.
-        with self._lock:
-            yield self.conn
-
     def _load_candidate(self, conn: sqlite3.Connection, candidate_id: str) -> Candidate:
         row = conn.execute(sql.SELECT_CANDIDATE, (candidate_id,)).fetchone()
         if row is None:
@@ -225,12 +218,12 @@ class RecruiterAgentStorage(BaseStorage):
 
     def get_candidate(self, candidate_id: str) -> Candidate:
         """The candidate with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._load_candidate(conn, candidate_id)
 
     def find_candidate_by_email(self, email: str) -> Candidate | None:
         """The candidate with this email (any case), or None."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             row = conn.execute(sql.SELECT_CANDIDATE_BY_EMAIL, (normalize_email(email),)).fetchone()
         return None if row is None else sql.candidate_from_row(row)
 
@@ -324,7 +317,7 @@ class RecruiterAgentStorage(BaseStorage):
             match_all=match == "all",
         )
         offset = models.check_count(offset, "offset", low=0, high=2**62)
-        with self._reading() as conn:
+        with self.reading() as conn:
             rows = conn.execute(statement, (*params, models.check_limit(limit), offset)).fetchall()
         return [sql.candidate_from_row(row) for row in rows]
 
@@ -399,7 +392,7 @@ class RecruiterAgentStorage(BaseStorage):
 
     def get_requisition(self, requisition_id: str) -> Requisition:
         """The requisition with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._load_requisition(conn, requisition_id)
 
     def update_requisition(
@@ -480,7 +473,7 @@ class RecruiterAgentStorage(BaseStorage):
             clauses.append("department = ?")
             params.append(required_text(department, "department"))
         statement = sql.LIST_REQUISITIONS.format(where=sql.where(clauses))
-        with self._reading() as conn:
+        with self.reading() as conn:
             return [sql.requisition_from_row(row) for row in conn.execute(statement, params)]
 
     # ----------------------------------------------------------- applications, matching
@@ -508,7 +501,7 @@ class RecruiterAgentStorage(BaseStorage):
 
     def requisition_candidates(self, requisition_id: str) -> list[Candidate]:
         """The candidates attached to a requisition, sorted by name."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             self._load_requisition(conn, requisition_id)
             return [
                 sql.candidate_from_row(row)
@@ -523,7 +516,7 @@ class RecruiterAgentStorage(BaseStorage):
         :class:`CandidateStatus` members, which compare equal to their strings
         (``stats["hired"]`` works).
         """
-        with self._reading() as conn:
+        with self.reading() as conn:
             self._load_requisition(conn, requisition_id)
             counts = dict(conn.execute(sql.PIPELINE_COUNTS, (requisition_id,)).fetchall())
         return {status: int(counts.get(status.value, 0)) for status in CandidateStatus}
@@ -540,7 +533,7 @@ class RecruiterAgentStorage(BaseStorage):
         """
         statuses = [s.value for s in CandidateStatus if include_final or not s.is_final]
         statement = sql.MATCH_CANDIDATES.format(statuses=sql.marks(len(statuses)))
-        with self._reading() as conn:
+        with self.reading() as conn:
             requisition = self._load_requisition(conn, requisition_id)
             rows = conn.execute(
                 statement, (requisition_id, *statuses, models.check_limit(limit))
@@ -707,7 +700,7 @@ class RecruiterAgentStorage(BaseStorage):
 
     def get_interview(self, interview_id: str) -> Interview:
         """The interview with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
-        with self._reading() as conn:
+        with self.reading() as conn:
             return self._load_interview(conn, interview_id)
 
     def list_interviews(
@@ -756,7 +749,7 @@ class RecruiterAgentStorage(BaseStorage):
     def _interviews(
         self, statement: str, params: Sequence[Any], limit: int | None
     ) -> list[Interview]:
-        with self._reading() as conn:
+        with self.reading() as conn:
             rows = conn.execute(statement, (*params, models.check_limit(limit))).fetchall()
         return [sql.interview_from_row(row) for row in rows]
 
