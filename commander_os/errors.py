@@ -23,6 +23,11 @@ so ``except ValueError`` keeps working.
     │   ├── RelayRejected              the relay refused the request (4xx); carries status
     │   │   └── RelayAuthError         401 / 403
     │   └── RelayProtocolError         the relay answered something we cannot read
+    ├── CentralStoreError              the relay's central store (SQLite / PostgreSQL)
+    │   ├── CentralStoreUnavailable    cannot be reached or is closed (the relay answers 503)
+    │   ├── InvalidCursor              a query cursor this relay did not produce (+ ValueError)
+    │   └── QueryTimeout               a query ran past the time budget
+    ├── InvalidToken                   relay token malformed, forged, expired       (+ ValueError)
     └── RecruiterError                 the recruiter agent's store refused an operation
         ├── RecordNotFound             unknown candidate / requisition / interview id  (+ KeyError)
         ├── InvalidInput               bad email, date, score, skill, status, ...  (+ ValueError)
@@ -36,14 +41,19 @@ Values that cannot be encoded as JSON raise the standard :class:`TypeError`, nam
 from __future__ import annotations
 
 __all__ = [
+    "CentralStoreError",
+    "CentralStoreUnavailable",
     "CommanderStorageError",
     "ConfigError",
     "DuplicateEmail",
     "EncryptionError",
     "InvalidAgentId",
+    "InvalidCursor",
     "InvalidInput",
     "InvalidKey",
+    "InvalidToken",
     "InvalidTransition",
+    "QueryTimeout",
     "RecordNotFound",
     "RecruiterError",
     "RelayAuthError",
@@ -134,6 +144,29 @@ class RelayAuthError(RelayRejected):
 
 class RelayProtocolError(RelayError):
     """The relay's answer could not be understood."""
+
+
+class CentralStoreError(CommanderStorageError):
+    """Something went wrong in the relay's central store."""
+
+
+class CentralStoreUnavailable(CentralStoreError):
+    """The central store cannot be reached or is closed; the relay answers 503."""
+
+
+class InvalidCursor(CentralStoreError, ValueError):
+    """A query cursor was not produced by this relay (or was tampered with)."""
+
+
+class QueryTimeout(CentralStoreError):
+    """A query ran past the store's time budget; narrow it (agent_id, table) and retry."""
+
+
+class InvalidToken(CommanderStorageError, ValueError):
+    """A relay token is malformed, has a bad signature, or has expired.
+
+    The message never contains the token itself.
+    """
 
 
 class RecruiterError(CommanderStorageError):

@@ -38,7 +38,15 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from commander_os.errors import CommanderStorageError, ValueTooLarge
+# The central-store errors live in the one tree of commander_os.errors; they stay importable
+# from here, where they were first defined.
+from commander_os.errors import (
+    CentralStoreError,
+    CentralStoreUnavailable,
+    InvalidCursor,
+    QueryTimeout,
+    ValueTooLarge,
+)
 from commander_os.network.protocol import (
     FIELD_PATH_PATTERN,
     Ack,
@@ -63,22 +71,6 @@ __all__ = [
     "parse_field_path",
     "ts_to_micros",
 ]
-
-
-class CentralStoreError(CommanderStorageError):
-    """Something went wrong in the relay's central store."""
-
-
-class CentralStoreUnavailable(CentralStoreError):
-    """The central store cannot be reached or is closed; the relay answers 503."""
-
-
-class InvalidCursor(CentralStoreError, ValueError):
-    """A query cursor was not produced by this relay (or was tampered with)."""
-
-
-class QueryTimeout(CentralStoreError):
-    """A query ran past the store's time budget; narrow it (agent_id, table) and retry."""
 
 
 class EncodedRecord(NamedTuple):
