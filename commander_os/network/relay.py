@@ -14,6 +14,11 @@ body), ``POST /relay/query``, ``GET /relay/changes``, ``GET /relay/agents``, ``G
 ``GET /metrics``, ``GET /`` (dashboard), ``/docs`` (OpenAPI). Writes answer only after the
 durable commit. Every refused request gets a 4xx ``{"error": code, "detail": ...}`` and changes
 nothing; a central store that cannot be reached gives 503.
+
+With ``relay.auth`` on, every endpoint but ``/health`` and the API docs needs a bearer token
+(401 without a valid one): a token writes only its own agent's records, reads what its ACL
+grants, and ``/metrics`` and the dashboard need an admin token (403 otherwise); see
+:mod:`commander_os.network.auth`. The relay refuses to listen beyond loopback without auth.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
+import logging
 import os
 import signal
 import sys
@@ -31,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import commander_os
 from commander_os.config import RelayConfig, load_relay_config
 from commander_os.errors import ConfigError, ValueTooLarge
+from commander_os.network.auth import load_secret
 from commander_os.network.central import CentralStore, store_for_config
 from commander_os.network.central.base import (
     CentralStoreUnavailable,
@@ -60,8 +68,15 @@ from commander_os.network.protocol import (
     QueryResponse,
     StoredRecord,
 )
-from commander_os.network.relay_body import RequestProblem, check_records, parse_model, read_body
+from commander_os.network.relay_body import (
+    RequestProblem,
+    check_query,
+    check_records,
+    parse_model,
+    read_body,
+)
 from commander_os.network.relay_fastpath import fast_batch, fast_record
+from commander_os.network.relay_guard import Caller, Guard, claimed_agents
 
 __all__ = ["LISTENING_PREFIX", "create_app", "main", "serve"]
 
@@ -82,6 +97,7 @@ _KNOWN_PATHS = frozenset(
     }
 )
 _JSON_OPTIONS = orjson.OPT_UTC_Z
+_log = logging.getLogger("commander_os.relay")
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -126,6 +142,7 @@ class _State:
     config: RelayConfig
     store: CentralStore
     owns_store: bool
+    guard: Guard
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     changes: _Changes = field(default_factory=_Changes)
 
@@ -297,7 +314,7 @@ def _install_openapi(app: FastAPI, models: Sequence[type[Any]]) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     async def problem(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestProblem)
-        return _error(exc.status, exc.error, exc.detail)
+        return _error(exc.status, exc.error, exc.detail, **(exc.headers or {}))
 
     async def unavailable(_: Request, exc: Exception) -> Response:
         return _error(503, "store_unavailable", str(exc), **{"retry-after": "1"})
@@ -321,15 +338,70 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, invalid_params)
 
 
-def create_app(config: RelayConfig, *, store: CentralStore | None = None) -> FastAPI:
+def _make_guard(config: RelayConfig, secret: bytes | None) -> Guard:
+    if config.auth and secret is None:
+        if not config.secret:
+            raise ConfigError(
+                "relay.auth is on but no secret was given: set relay.secret (or "
+                "COMMANDER_OS_SECRET), or start the relay with serve(), which uses "
+                "<agent_storage_dir>/relay.secret"
+            )
+        secret = load_secret(config)
+    return Guard(secret if config.auth else None, rate=config.limits.requests_per_second)
+
+
+def _caller_dependency(guard: Guard) -> Callable[..., Awaitable[Caller]]:
+    """The FastAPI dependency that admits a request; with auth on it also documents the
+    bearer scheme in the OpenAPI spec."""
+
+    def client_of(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    if not guard.enabled:
+
+        async def open_caller(request: Request) -> Caller:
+            return guard.admit(None, client_of(request))
+
+        return open_caller
+
+    bearer = HTTPBearer(auto_error=False, description="an agent token: commander-os token create")
+
+    async def token_caller(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+    ) -> Caller:
+        token = credentials.credentials if credentials is not None else None
+        return guard.admit(token, client_of(request))
+
+    return token_caller
+
+
+def _check_own_records(caller: Caller, body: bytes) -> None:
+    """403 before parsing for a write body that names another agent (a mixed batch, too)."""
+    if caller.claims is not None:
+        caller.check_write(claimed_agents(body) or ())
+
+
+def create_app(
+    config: RelayConfig, *, store: CentralStore | None = None, secret: bytes | None = None
+) -> FastAPI:
     """The relay as an ASGI app, serving ``store`` (default: the one ``config`` describes).
 
     The app opens the store at startup and, if it built the store itself, closes it at
     shutdown. A store passed in is opened (``open()`` is idempotent) but left for the caller
     to close — useful for in-process tests through ``httpx.ASGITransport``, which does not run
     the lifespan: open the store yourself then.
+
+    With ``config.auth`` on, tokens are checked with ``secret`` (default: ``config.secret``;
+    :func:`serve` passes the one from ``<agent_storage_dir>/relay.secret``). Raises
+    :class:`ConfigError` when auth is on and there is no secret.
     """
-    state = _State(config, store or store_for_config(config), owns_store=store is None)
+    state = _State(
+        config,
+        store or store_for_config(config),
+        owns_store=store is None,
+        guard=_make_guard(config, secret),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -353,38 +425,48 @@ def create_app(config: RelayConfig, *, store: CentralStore | None = None) -> Fas
     limits = config.limits
     # Well-formed write bodies skip the models when the store takes encoded records.
     fast = state.store.accepts_encoded()
+    admit = Depends(_caller_dependency(state.guard))
 
     @app.post("/relay/immediate", response_model=Ack, openapi_extra=_body_doc(ChangeRecord))
-    async def relay_immediate(request: Request) -> Response:
-        """Apply one change record; answers after the durable commit."""
+    async def relay_immediate(request: Request, caller: Caller = admit) -> Response:
+        """Apply one change record of the token's agent; answers after the durable commit."""
         body = await read_body(request, limits)
         encoded = fast_record(body, limits) if fast else None
         if encoded is not None:
+            caller.check_write(record.agent_id for record in encoded)
             (ack,) = await _apply(state, None, encoded)
         else:
+            _check_own_records(caller, body)
             record = parse_model(ChangeRecord, body)
             check_records([record], limits)
+            caller.check_write([record.agent_id])
             (ack,) = await _apply(state, [record], None)
         return _json(ack.model_dump())
 
     @app.post("/relay/batch", response_model=Ack, openapi_extra=_body_doc(BatchRequest))
-    async def relay_batch(request: Request) -> Response:
-        """Apply many records of one agent (gzip or zstd body); one ack after the commit."""
+    async def relay_batch(request: Request, caller: Caller = admit) -> Response:
+        """Apply many records of the token's agent (gzip or zstd body); one ack after the
+        commit. A batch naming any other agent is refused whole."""
         body = await read_body(request, limits)
         encoded = fast_batch(body, limits) if fast else None
         if encoded is not None:
+            caller.check_write(record.agent_id for record in encoded)
             (ack,) = await _apply(state, None, encoded)
         else:
+            _check_own_records(caller, body)
             batch = parse_model(BatchRequest, body)
             check_records(batch.records, limits)
+            caller.check_write([batch.agent_id, *(r.agent_id for r in batch.records)])
             (ack,) = await _apply(state, batch.records, None)
         return _json(ack.model_dump())
 
     @app.post("/relay/query", response_model=QueryResponse, openapi_extra=_body_doc(QueryRequest))
-    async def relay_query(request: Request) -> Response:
-        """One page of records matching every filter, in change order."""
+    async def relay_query(request: Request, caller: Caller = admit) -> Response:
+        """One page of records matching every filter, in change order (only agents the token
+        may read; naming another is 403)."""
         query = parse_model(QueryRequest, await read_body(request, limits))
-        answer = await _query(state, query)
+        check_query(query)
+        answer = await _query(state, caller.restrict_query(query))
         return _json(_page_json(answer.records, answer.next_cursor))
 
     @app.get("/relay/changes", response_model=QueryResponse)
@@ -394,32 +476,36 @@ def create_app(config: RelayConfig, *, store: CentralStore | None = None) -> Fas
         wait: float = Query(0.0, ge=0, le=MAX_WAIT_SECONDS, description="long-poll seconds"),
         agent_id: str | None = Query(None),
         table: str | None = Query(None),
+        caller: Caller = admit,
     ) -> Response:
         """Changes after ``after`` in commit order (deletes included); always returns a cursor."""
         request = QueryRequest(
             agent_id=agent_id, table=table, cursor=after, limit=limit, include_deleted=True
         )
-        records, cursor = await _changes_page(state, request, wait)
+        records, cursor = await _changes_page(state, caller.restrict_query(request), wait)
         return _json(_page_json(records, cursor))
 
     @app.get("/relay/agents")
-    async def relay_agents() -> Response:
-        """Every agent: last seen, highest version, live record count, per-table counts."""
-        agents = await state.store.agents()
+    async def relay_agents(caller: Caller = admit) -> Response:
+        """Every agent the token may read: last seen, highest version, record counts."""
+        agents = [a for a in await state.store.agents() if caller.may_read(a.agent_id)]
         return _json({"agents": [a.model_dump() for a in agents]})
 
     @app.get("/health")
     async def health() -> Response:
-        """200 when the central store answers, else 503; version, uptime, backend."""
+        """200 when the central store answers, else 503; version, uptime, backend. Open to
+        all (no records in it)."""
         return await _health(state)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus text exposition."""
+    async def metrics(caller: Caller = admit) -> Response:
+        """Prometheus text exposition (admin token when auth is on)."""
+        caller.require_admin()
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> Response:
+    async def dashboard(caller: Caller = admit) -> Response:
+        caller.require_admin()
         return HTMLResponse(_dashboard(state, await state.store.agents()))
 
     return app
@@ -428,14 +514,30 @@ def create_app(config: RelayConfig, *, store: CentralStore | None = None) -> Fas
 # ----------------------------------------------------------------------------- the server
 
 
-def _check_startable(config: RelayConfig) -> None:
-    if config.auth:
-        raise ConfigError("relay.auth: token authentication is not available in this build yet")
-    if not config.is_loopback():
-        raise ConfigError(
-            f"relay.host: refusing to listen on non-loopback address {config.host!r} without "
-            "auth; use 127.0.0.1"
-        )
+def _check_startable(config: RelayConfig) -> list[str]:
+    """Refuse unsafe settings with a fix; return warnings for risky but allowed ones."""
+    if config.tls is not None:
+        for name, path in (("certfile", config.tls.certfile), ("keyfile", config.tls.keyfile)):
+            if not path.is_file():
+                raise ConfigError(f"relay.tls.{name}: {path} is not a readable file")
+    if not config.auth:
+        if not config.is_loopback():
+            raise ConfigError(
+                f"relay.host: refusing to listen on non-loopback address {config.host!r} "
+                "without auth: anyone who can reach it could write as any agent. Set "
+                "'auth: true' (and 'tls:') in relay.yaml and give each agent a token from "
+                "'commander-os token create AGENT_ID', or listen on 127.0.0.1"
+            )
+        return [
+            "relay.auth is off: every local process may read and write as any agent "
+            "(acceptable on loopback for development; set 'auth: true' otherwise)"
+        ]
+    if config.tls is None and not config.is_loopback():
+        return [
+            f"relay.tls is not set: tokens and records cross the network to {config.host} in "
+            "clear text; set tls.certfile and tls.keyfile in relay.yaml"
+        ]
+    return []
 
 
 async def serve_async(
@@ -444,14 +546,19 @@ async def serve_async(
     """Run the relay until SIGTERM / SIGINT, then shut down gracefully.
 
     ``on_ready(url)`` is called once the socket accepts connections, with the bound port.
+    Raises :class:`ConfigError` for unsafe settings (no auth beyond loopback, missing TLS files,
+    a short secret); with auth on and no ``relay.secret``, the secret file is created on first
+    start.
     """
-    _check_startable(config)
+    for warning in _check_startable(config):
+        _log.warning("relay: warning: %s", warning)
+    secret = load_secret(config, create=True) if config.auth else None
     # Open the central store before listening: a bad database_url or an unreachable database
     # then fails fast with one clear line (CentralStoreUnavailable), not a uvicorn traceback.
     store = store_for_config(config)
     await store.open()
     try:
-        await _run_server(config, create_app(config, store=store), on_ready)
+        await _run_server(config, create_app(config, store=store, secret=secret), on_ready)
     finally:
         await store.close()
 

@@ -8,6 +8,7 @@ request changes nothing.
 from __future__ import annotations
 
 import io
+import math
 import zlib
 from typing import Any, TypeVar
 
@@ -17,9 +18,17 @@ from starlette.requests import Request
 
 from commander_os.config import LimitsConfig
 from commander_os.identifiers import MAX_KEY_BYTES
-from commander_os.network.protocol import ChangeRecord
+from commander_os.network.protocol import ChangeRecord, QueryRequest
 
-__all__ = ["RequestProblem", "check_records", "exceeds_depth", "parse_model", "read_body"]
+__all__ = [
+    "RequestProblem",
+    "check_query",
+    "check_records",
+    "exceeds_depth",
+    "has_non_finite",
+    "parse_model",
+    "read_body",
+]
 
 #: Largest zstd window we accept; bigger frames are refused instead of allocating the memory.
 MAX_ZSTD_WINDOW = 1 << 25
@@ -30,11 +39,14 @@ _Model = TypeVar("_Model", bound=BaseModel)
 class RequestProblem(Exception):
     """A request the relay refuses; ``status`` is the HTTP code, ``error`` a short code."""
 
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, error: str, detail: Any = None, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status = status
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def _too_large(what: str, limit: int) -> RequestProblem:
@@ -131,8 +143,37 @@ def exceeds_depth(value: Any, limit: int) -> bool:
     return False
 
 
+def has_non_finite(value: Any) -> bool:
+    """True if ``value`` holds an infinite or NaN float anywhere (``1e400`` parses as inf).
+
+    JSON has no such numbers; stored, they would silently turn into ``null``.
+    """
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is float:
+            if not math.isfinite(node):
+                return True
+        elif kind is dict:
+            stack.extend(node.values())
+        elif kind is list:
+            stack.extend(node)
+    return False
+
+
+def check_query(request: QueryRequest) -> None:
+    """422 for a ``where`` value that is not a finite number (JSON cannot hold it)."""
+    for index, clause in enumerate(request.where):
+        if has_non_finite(clause.value):
+            raise RequestProblem(
+                422, "invalid_value", f"where.{index}.value: numbers must be finite"
+            )
+
+
 def check_records(records: list[ChangeRecord], limits: LimitsConfig) -> None:
-    """Limits the wire models cannot express: batch length, key bytes and NULs, data depth."""
+    """Limits the wire models cannot express: batch length, key bytes and NULs, data depth,
+    finite numbers."""
     if len(records) > limits.max_batch_records:
         raise RequestProblem(
             413,
@@ -154,4 +195,10 @@ def check_records(records: list[ChangeRecord], limits: LimitsConfig) -> None:
                 422,
                 "json_too_deep",
                 f"records.{index}.data nests deeper than {limits.max_json_depth} levels",
+            )
+        if record.data is not None and has_non_finite(record.data):
+            raise RequestProblem(
+                422,
+                "invalid_value",
+                f"records.{index}.data: numbers must be finite (no NaN, Infinity or 1e400)",
             )
