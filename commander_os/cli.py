@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from commander_os import __version__
-from commander_os.errors import CommanderStorageError
+from commander_os.errors import CommanderStorageError, InvalidAgentId
 
 __all__ = ["app", "main"]
 
@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
+token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -341,6 +343,88 @@ def relay_import(
         f"imported {result.records} record(s) into {store.backend}: {result.applied} applied, "
         f"{result.ignored} already there",
         highlight=False,
+    )
+
+
+# ------------------------------------------------------------------------------- token
+
+SecretFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--secret-file", help="File holding the relay secret (default: from the relay config)."
+    ),
+]
+RelayDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="The relay's agent_storage_dir, where relay.secret lives."),
+]
+
+
+def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path | None) -> bytes:
+    """The secret the relay uses: --secret-file, else relay.secret / COMMANDER_OS_SECRET, else
+    <agent_storage_dir>/relay.secret (created if missing, as the relay would on first start)."""
+    from commander_os.config import load_relay_config
+    from commander_os.network.auth import load_secret, read_secret_file
+
+    if secret_file is not None:
+        return read_secret_file(secret_file)
+    relay_config = load_relay_config(config, overrides={"agent_storage_dir": data_dir})
+    return load_secret(relay_config, create=True)
+
+
+@token_app.command("create")
+def token_create(
+    agent_id: Annotated[str, typer.Argument(help="The agent the token writes as.")],
+    read_all: Annotated[
+        bool, typer.Option("--read-all", help="May read every agent (the default).")
+    ] = False,
+    read: Annotated[
+        str | None,
+        typer.Option("--read", help="Only these agents (comma-separated) besides its own."),
+    ] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="Admin: /metrics, dashboard, reads all.")
+    ] = False,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: RelayDirOpt = None,
+    secret_file: SecretFileOpt = None,
+) -> None:
+    """Print a signed token for AGENT_ID (pass it to the agent as htpc_token or token_file)."""
+    from commander_os.network.auth import issue_token, parse_expiry
+
+    if read_all and read is not None:
+        raise typer.BadParameter("give --read-all or --read, not both", param_hint="--read")
+    readable = None if read is None else [a.strip() for a in read.split(",") if a.strip()]
+    try:
+        expires_at = None if expires is None else parse_expiry(expires)
+        secret = _relay_secret(config, data_dir, secret_file)
+        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
+    except ValueError as exc:
+        if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
+            raise
+        raise typer.BadParameter(str(exc)) from None
+    sys.stdout.write(token + "\n")
+
+
+@token_app.command("verify")
+def token_verify(
+    token: Annotated[str, typer.Argument(help="The token to check.")],
+    config: ConfigOpt = None,
+    data_dir: RelayDirOpt = None,
+    secret_file: SecretFileOpt = None,
+) -> None:
+    """Check a token against the relay secret and print what it grants (exit 1 if invalid)."""
+    from commander_os.network.auth import describe_expiry, verify_token
+
+    claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
+    readable = claims.readable()
+    reads = "every agent" if readable is None else ", ".join(sorted(readable))
+    sys.stdout.write(
+        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
+        f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
     )
 
 
