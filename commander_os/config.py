@@ -32,6 +32,7 @@ __all__ = [
     "TLSConfig",
     "load_relay_config",
     "load_storage_config",
+    "read_encryption_key",
 ]
 
 ENV_PREFIX = "COMMANDER_OS_"
@@ -49,7 +50,10 @@ def _check_http_url(url: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # hide_input_in_errors: a validation error must not print a secret (key, token) back.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True
+    )
 
 
 class StorageConfig(_Section):
@@ -78,7 +82,9 @@ class StorageConfig(_Section):
     htpc_token: str | None = None
     token_file: Path | None = None
     htpc_ca_file: Path | None = None
-    encryption_key: str | None = None
+    #: Encrypt the store at rest (SQLCipher): a passphrase, or 64 hex digits for a raw key.
+    #: Never shown in repr or errors. ``encryption_key_file`` holds it instead (one line).
+    encryption_key: str | None = Field(default=None, repr=False)
     encryption_key_file: Path | None = None
     max_value_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
@@ -130,6 +136,9 @@ class RelayConfig(_Section):
     secret: str | None = None
     tls: TLSConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    #: Encrypt the SQLite central store at rest, as ``StorageConfig.encryption_key``.
+    encryption_key: str | None = Field(default=None, repr=False)
+    encryption_key_file: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("host")
@@ -147,6 +156,11 @@ class RelayConfig(_Section):
             )
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("database_url must start with postgresql://")
+        if self.backend == "postgresql" and (self.encryption_key or self.encryption_key_file):
+            raise ValueError(
+                "encryption_key applies to the sqlite backend only; encrypt PostgreSQL's "
+                "storage with its own means"
+            )
         return self
 
     def is_loopback(self) -> bool:
@@ -157,6 +171,27 @@ class RelayConfig(_Section):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+
+def read_encryption_key(section: StorageConfig | RelayConfig) -> str | None:
+    """The encryption key of ``section``: ``encryption_key``, else ``encryption_key_file``.
+
+    The file holds the key on one line (surrounding whitespace is dropped). Returns None when
+    neither is set. Raises :class:`~commander_os.errors.ConfigError` naming the file (never
+    the key) if it cannot be read or is empty.
+    """
+    if section.encryption_key is not None:
+        return section.encryption_key
+    path = section.encryption_key_file
+    if path is None:
+        return None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read encryption_key_file: {exc}") from exc
+    if not key:
+        raise ConfigError(f"{path}: encryption_key_file is empty")
+    return key
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

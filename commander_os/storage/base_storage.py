@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
-from commander_os.config import StorageConfig, load_storage_config
+from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
 from commander_os.errors import StorageClosed
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage import db, outbox
@@ -66,6 +66,8 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 _live_stores: weakref.WeakSet[BaseStorage] = weakref.WeakSet()
+#: What health_check() reports instead of raising.
+_HEALTH_ERRORS: tuple[type[Exception], ...] = (*db.Error, StorageClosed)
 
 
 def new_epoch(previous: int = 0) -> int:
@@ -88,9 +90,12 @@ class BaseStorage:
     is ``data_dir / f"{agent_id}.db"``. Settings come from ``config`` (a
     :class:`~commander_os.config.StorageConfig`) and are overridden by the keyword arguments.
 
+    With ``encryption_key`` (or ``encryption_key_file``) the database, its WAL and its backups
+    are encrypted (SQLCipher); the key is never logged or shown.
+
     Raises :class:`~commander_os.errors.InvalidAgentId` before touching the disk if the id is
     not acceptable, :class:`~commander_os.errors.SchemaTooNew` if the database was written by
-    newer code.
+    newer code, :class:`~commander_os.errors.EncryptionError` for a wrong or missing key.
     """
 
     #: The schema of this storage class, in order (versions 1, 2, 3, ...).
@@ -118,6 +123,7 @@ class BaseStorage:
         self._closed = False
         self._worker: SyncWorker | None = None
         self._relay: RelayClient | None = None
+        self._encryption_key = read_encryption_key(self.config)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._conn = self._open_connection()
         try:
@@ -143,9 +149,14 @@ class BaseStorage:
         data_dir = config.local_data_dir / validate_agent_id(agent_id)
         return cls(agent_id, data_dir, config=config, **settings)
 
-    def _open_connection(self) -> sqlite3.Connection:
+    def _open_connection(self, durability: db.Durability | None = None) -> sqlite3.Connection:
+        # Every connection to the file (the store's, the sync worker's, after fork) comes from
+        # here, so all of them carry the key.
         return db.connect(
-            self.db_path, durability=self.config.durability, busy_timeout=self.config.busy_timeout
+            self.db_path,
+            durability=durability or self.config.durability,
+            busy_timeout=self.config.busy_timeout,
+            encryption_key=self._encryption_key,
         )
 
     def _prepare_schema(self) -> None:
@@ -266,7 +277,7 @@ class BaseStorage:
             savepoint = f"_sp{depth}"
             try:
                 conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except db.OperationalError as exc:
                 raise db.translate_error(exc, "cannot start a write transaction") from exc
             self._depth = depth + 1
             try:
@@ -285,7 +296,7 @@ class BaseStorage:
                     conn.execute(f"RELEASE {savepoint}")
                 elif conn.in_transaction:  # the block may have called conn.commit() itself
                     conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+            except db.OperationalError as exc:
                 if conn.in_transaction and not depth:
                     conn.execute("ROLLBACK")
                 raise db.translate_error(exc, "cannot commit") from exc
@@ -304,7 +315,7 @@ class BaseStorage:
             if self._depth:
                 try:
                     cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
-                except sqlite3.Error as exc:
+                except db.Error as exc:
                     raise db.translate_error(exc, "write failed") from exc
                 return cursor.rowcount
             try:
@@ -316,7 +327,7 @@ class BaseStorage:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except db.Error as exc:
                 raise db.translate_error(exc, "write failed") from exc
             rowcount = cursor.rowcount
             seq = self._seq_to_wait_for(conn)
@@ -454,6 +465,7 @@ class BaseStorage:
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "db_path": str(self.db_path),
             "durability": self.config.durability,
+            "encrypted": self._encryption_key is not None,
         }
         try:
             with self._lock:
@@ -466,7 +478,7 @@ class BaseStorage:
                 None if oldest is None else max(0.0, time.time() - oldest)
             )
             health["local_db"] = True
-        except (sqlite3.Error, StorageClosed) as exc:
+        except _HEALTH_ERRORS as exc:
             health["error"] = str(exc)
         if self._worker is not None:
             health["relay"] = self._worker.status()
@@ -478,7 +490,8 @@ class BaseStorage:
         """Write a consistent copy of the database to ``path`` while the store stays online.
 
         The copy gets a new epoch, so if it is ever restored its new writes win at the relay
-        over anything the original wrote after the backup. Returns the path written.
+        over anything the original wrote after the backup. The copy of an encrypted store is
+        encrypted with the same key. Returns the path written.
         """
         target = Path(path)
         self._require_open()
@@ -491,14 +504,14 @@ class BaseStorage:
             self._copy_to(partial)
             # link(), unlike rename(), refuses to replace a file created meanwhile.
             os.link(partial, target)
-        except sqlite3.Error as exc:
+        except db.Error as exc:
             raise db.translate_error(exc, f"backup to {target} failed") from exc
         finally:
             partial.unlink(missing_ok=True)
         return target
 
     def _copy_to(self, path: Path) -> None:
-        copy = sqlite3.connect(path, isolation_level=None)
+        copy = db.open_file(path, encryption_key=self._encryption_key)
         try:
             with self._lock:
                 self._require_open().backup(copy)

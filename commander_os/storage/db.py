@@ -4,37 +4,83 @@ Connections run in autocommit mode (``isolation_level=None``) so that transactio
 the ones we begin: ``BEGIN IMMEDIATE`` for writes (see :func:`begin_write`), because a deferred
 transaction that reads and then writes fails with "database is locked" when another process
 wrote in between, whatever the busy timeout.
+
+**Encryption at rest.** With an ``encryption_key`` the file is opened through SQLCipher
+(``sqlcipher3``, a build of SQLite that encrypts every page of the database and of its WAL),
+keyed before anything else reads it. Without one, the standard ``sqlite3`` module opens it, as
+fast as ever. The two drivers raise their own exception classes, so code that catches database
+errors catches the tuples :data:`Error`, :data:`DatabaseError`, :data:`OperationalError` and
+:data:`IntegrityError` defined here, which hold both.
+
+A file is never opened by the wrong driver: the first 16 bytes of a plain database are
+``SQLite format 3\\0`` and those of an encrypted one are a random salt, so :func:`open_file`
+tells the two apart before opening. That matters beyond the error message: two SQLite libraries
+in one process do not see each other's POSIX locks, so a plain ``sqlite3`` connection that
+opened (and closed) a live encrypted store could checkpoint and delete its WAL under it.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from commander_os.errors import StorageBusy, StorageError
+from commander_os.errors import EncryptionError, StorageBusy, StorageError
 
-__all__ = ["Durability", "begin_write", "connect", "is_busy_error", "translate_error"]
+try:
+    import sqlcipher3.dbapi2 as sqlcipher
+except ImportError:  # pragma: no cover - a dependency; guards platforms without the wheel
+    sqlcipher = None
+
+__all__ = [
+    "DatabaseError",
+    "Durability",
+    "Error",
+    "IntegrityError",
+    "OperationalError",
+    "begin_write",
+    "connect",
+    "is_busy_error",
+    "is_encrypted",
+    "open_file",
+    "translate_error",
+]
 
 Durability = Literal["full", "normal"]
+
+_DRIVERS: tuple[Any, ...] = (sqlite3,) if sqlcipher is None else (sqlite3, sqlcipher)
+#: Catch these, not ``sqlite3.Error``: an encrypted store's connection raises SQLCipher's.
+Error: tuple[type[Exception], ...] = tuple(driver.Error for driver in _DRIVERS)
+DatabaseError: tuple[type[Exception], ...] = tuple(driver.DatabaseError for driver in _DRIVERS)
+OperationalError: tuple[type[Exception], ...] = tuple(
+    driver.OperationalError for driver in _DRIVERS
+)
+IntegrityError: tuple[type[Exception], ...] = tuple(driver.IntegrityError for driver in _DRIVERS)
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 # Opening can race another process that is switching the file to WAL or recovering it; those
 # return SQLITE_BUSY without calling the busy handler, so we retry them ourselves.
 _OPEN_RETRY_SECONDS = 0.005
+#: The first bytes of every unencrypted SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: 64 hex digits are taken as a raw 256-bit key (no key derivation on open); anything else is
+#: a passphrase, which SQLCipher stretches with PBKDF2 (about 0.1-0.2 s per connection).
+_RAW_KEY = re.compile(r"[0-9A-Fa-f]{64}")
+VERIFY_KEY = "SELECT count(*) FROM sqlite_master"
 
 
 def is_busy_error(exc: BaseException) -> bool:
     """True for SQLite's "database is locked" / "database is busy" errors."""
-    if not isinstance(exc, sqlite3.OperationalError):
+    if not isinstance(exc, OperationalError):
         return False
     text = str(exc)
     return "database is locked" in text or "database is busy" in text
 
 
-def translate_error(exc: sqlite3.Error, what: str) -> StorageError:
-    """Map a foreign sqlite3 error to ours, once, at the boundary."""
+def translate_error(exc: BaseException, what: str) -> StorageError:
+    """Map a foreign sqlite3 / SQLCipher error to ours, once, at the boundary."""
     if is_busy_error(exc):
         return StorageBusy(f"{what}: the database stayed locked by another connection ({exc})")
     return StorageError(f"{what}: {exc}")
@@ -46,23 +92,21 @@ def connect(
     durability: Durability = "full",
     busy_timeout: float = 30.0,
     read_only: bool = False,
+    encryption_key: str | None = None,
 ) -> sqlite3.Connection:
     """Open ``path`` with our pragmas: WAL, ``synchronous``, ``busy_timeout``, foreign keys.
 
-    Raises :class:`~commander_os.errors.StorageError` if the file cannot be opened as a
-    database, :class:`~commander_os.errors.StorageBusy` if it stays locked.
+    With ``encryption_key`` the database is opened (or created) encrypted through SQLCipher;
+    see :func:`open_file`. Raises :class:`~commander_os.errors.EncryptionError` for a wrong or
+    missing key, or a key given for a plain file; :class:`~commander_os.errors.StorageError`
+    if the file cannot be opened as a database, :class:`~commander_os.errors.StorageBusy` if
+    it stays locked.
     """
-    target = f"file:{path}?mode=ro" if read_only else str(path)
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
-            conn = sqlite3.connect(
-                target,
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-                cached_statements=256,
-                uri=read_only,
+            conn = open_file(
+                path, encryption_key=encryption_key, read_only=read_only, timeout=busy_timeout
             )
             try:
                 _apply_pragmas(conn, durability, busy_timeout, read_only)
@@ -70,11 +114,107 @@ def connect(
                 conn.close()
                 raise
             return conn
-        except sqlite3.Error as exc:
+        except Error as exc:
             if is_busy_error(exc) and time.monotonic() < deadline:
                 time.sleep(_OPEN_RETRY_SECONDS)
                 continue
             raise translate_error(exc, f"cannot open database {path}") from exc
+
+
+def open_file(
+    path: Path,
+    *,
+    encryption_key: str | None = None,
+    read_only: bool = False,
+    timeout: float = 30.0,
+    cached_statements: int = 256,
+) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode, usable from any thread, without our pragmas.
+
+    With ``encryption_key`` (a passphrase, or 64 hex digits for a raw 256-bit key) the
+    connection is SQLCipher's, keyed before its first read and checked with a read of
+    ``sqlite_master``; a new file is created encrypted. The key never appears in a message.
+
+    Raises :class:`~commander_os.errors.EncryptionError` ("wrong encryption key for ...",
+    "... is encrypted: give encryption_key", "... is not encrypted") without writing to the
+    file, and lets busy errors through (see :func:`is_busy_error`) for the caller to retry.
+    """
+    encrypted = is_encrypted(path)
+    target = f"file:{path}?mode=ro" if read_only else str(path)
+    if encryption_key is None:
+        if encrypted:
+            raise EncryptionError(
+                f"{path} is encrypted (or is not an SQLite database): give encryption_key"
+            )
+        driver: Any = sqlite3
+    elif encrypted is False:
+        raise EncryptionError(f"{path} is not encrypted: open it without encryption_key")
+    else:
+        literal = key_literal(encryption_key)
+        driver = _sqlcipher()
+    conn: sqlite3.Connection = driver.connect(
+        target,
+        timeout=timeout,
+        isolation_level=None,
+        check_same_thread=False,
+        cached_statements=cached_statements,
+        uri=read_only,
+    )
+    if encryption_key is None:
+        return conn
+    try:
+        _unlock(conn, path, literal)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def is_encrypted(path: Path) -> bool | None:
+    """True if ``path`` does not start like a plain SQLite file, None if it is new or empty."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    if len(header) < len(SQLITE_HEADER):
+        return None
+    return header != SQLITE_HEADER
+
+
+def key_literal(key: str) -> str:
+    """``key`` as the SQL value of ``PRAGMA key``: a quoted passphrase or ``"x'<hex>'"``.
+
+    Raises :class:`~commander_os.errors.EncryptionError` for an empty key or one holding a NUL
+    (SQLite would cut it short there).
+    """
+    if not isinstance(key, str) or not key:
+        raise EncryptionError("encryption_key must be a non-empty string")
+    if "\x00" in key:
+        raise EncryptionError("encryption_key must not contain NUL characters")
+    if _RAW_KEY.fullmatch(key):
+        return f"\"x'{key}'\""
+    return "'" + key.replace("'", "''") + "'"
+
+
+def _sqlcipher() -> Any:
+    if sqlcipher is None:  # pragma: no cover - see the import
+        raise EncryptionError(
+            "encryption_key needs SQLCipher: pip install 'sqlcipher3-binary>=0.6'"
+        )
+    return sqlcipher
+
+
+def _unlock(conn: sqlite3.Connection, path: Path, literal: str) -> None:
+    # A failed check is reported by our exception; SQLCipher would also print it to stderr.
+    conn.execute("PRAGMA cipher_log_level = NONE")
+    conn.execute(f"PRAGMA key = {literal}")
+    try:
+        conn.execute(VERIFY_KEY).fetchone()
+    except DatabaseError as exc:
+        if is_busy_error(exc):
+            raise
+        raise EncryptionError(f"wrong encryption key for {path}") from exc
 
 
 def _apply_pragmas(

@@ -1,19 +1,20 @@
 """Looking at agent stores from outside: find them, report on them, drain their queues.
 
 Used by ``commander-os status`` and ``commander-os sync``. A store is read through its file
-alone, without its storage class, so these work for any agent's schema.
+alone, without its storage class, so these work for any agent's schema. Encrypted stores are
+read with the ``encryption_key`` given; one that key does not open is still listed, so that
+its report says why it could not be read instead of leaving it out.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from commander_os.config import StorageConfig
-from commander_os.errors import CommanderStorageError, StorageError
+from commander_os.config import StorageConfig, read_encryption_key
+from commander_os.errors import CommanderStorageError, EncryptionError, StorageError
 from commander_os.storage import db, outbox
 from commander_os.storage.base_storage import DB_SUFFIX
 from commander_os.storage.migrations import SELECT_CURRENT_VERSION
@@ -21,34 +22,54 @@ from commander_os.storage.migrations import SELECT_CURRENT_VERSION
 __all__ = ["drain_store", "find_stores", "inspect_store", "inspect_stores"]
 
 IS_AGENT_STORE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sync_queue'"
+#: What inspect_store() puts in the report instead of raising.
+_REPORTED_ERRORS: tuple[type[Exception], ...] = (OSError, *db.Error, CommanderStorageError)
 
 
-def find_stores(data_dir: Path) -> list[Path]:
-    """Every agent database (``*.db`` holding a sync queue) under ``data_dir``, sorted."""
+def find_stores(data_dir: Path, *, encryption_key: str | None = None) -> list[Path]:
+    """Every agent database (``*.db`` holding a sync queue) under ``data_dir``, sorted.
+
+    Encrypted files are opened with ``encryption_key``; those it cannot open are included
+    (they may be agent stores; :func:`inspect_store` then reports the key problem).
+    """
     if not data_dir.is_dir():
         raise StorageError(f"{data_dir} is not a folder")
-    found = []
-    for path in sorted(data_dir.rglob(f"*{DB_SUFFIX}")):
-        if not path.is_file():
-            continue
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                if conn.execute(IS_AGENT_STORE).fetchone():
-                    found.append(path)
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            continue
-    return found
+    return [
+        path
+        for path in sorted(data_dir.rglob(f"*{DB_SUFFIX}"))
+        if path.is_file() and _is_agent_store(path, encryption_key)
+    ]
 
 
-def inspect_store(path: Path) -> dict[str, Any]:
-    """Health of one store read from its file: queue size, dead letters, schema version."""
+def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
+    key = encryption_key if db.is_encrypted(path) else None
+    try:
+        conn = db.open_file(path, encryption_key=key, read_only=True, timeout=5.0)
+    except EncryptionError:
+        return True
+    except db.Error:
+        return False
+    try:
+        return conn.execute(IS_AGENT_STORE).fetchone() is not None
+    except db.Error:
+        return False
+    finally:
+        conn.close()
+
+
+def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str, Any]:
+    """Health of one store read from its file: queue size, dead letters, schema version.
+
+    ``encryption_key`` opens an encrypted store (a plain one is read without it); the report
+    says ``encrypted`` and, if the store could not be read, ``error``.
+    """
     report: dict[str, Any] = {"agent_id": path.stem, "path": str(path), "local_db": False}
     try:
         report["size_bytes"] = path.stat().st_size
-        conn = db.connect(path, read_only=True, busy_timeout=5.0)
+        encrypted = bool(db.is_encrypted(path))
+        report["encrypted"] = encrypted
+        key = encryption_key if encrypted else None
+        conn = db.connect(path, read_only=True, busy_timeout=5.0, encryption_key=key)
         try:
             report["schema_version"] = int(conn.execute(SELECT_CURRENT_VERSION).fetchone()[0])
             report["sync_queue_size"] = outbox.queue_size(conn)
@@ -59,14 +80,17 @@ def inspect_store(path: Path) -> dict[str, Any]:
         finally:
             conn.close()
         report["local_db"] = report["integrity"] == "ok"
-    except (OSError, sqlite3.Error, CommanderStorageError) as exc:
+    except _REPORTED_ERRORS as exc:
         report["error"] = str(exc)
     return report
 
 
-def inspect_stores(data_dir: Path) -> list[dict[str, Any]]:
+def inspect_stores(data_dir: Path, *, encryption_key: str | None = None) -> list[dict[str, Any]]:
     """:func:`inspect_store` for every store under ``data_dir``."""
-    return [inspect_store(path) for path in find_stores(data_dir)]
+    return [
+        inspect_store(path, encryption_key=encryption_key)
+        for path in find_stores(data_dir, encryption_key=encryption_key)
+    ]
 
 
 def drain_store(
@@ -74,13 +98,16 @@ def drain_store(
 ) -> int:
     """Ship every queued change of the store at ``path``; return how many were acked.
 
-    Raises :class:`~commander_os.errors.RelayError` if the relay cannot take them.
+    An encrypted store is opened with the config's ``encryption_key`` (or key file). Raises
+    :class:`~commander_os.errors.RelayError` if the relay cannot take them,
+    :class:`~commander_os.errors.EncryptionError` if the store cannot be opened with that key.
     """
     from commander_os.identifiers import validate_agent_id
     from commander_os.network.client import RelayClient
     from commander_os.storage.sync import SyncWorker, read_token
 
     agent_id = validate_agent_id(path.stem)
+    key = read_encryption_key(config) if db.is_encrypted(path) else None
     client = RelayClient(
         config.relay_urls(),
         token=read_token(config),
@@ -92,7 +119,7 @@ def drain_store(
         db_path=path,
         config=config,
         client=client,
-        connect=lambda: db.connect(path, durability=config.durability),
+        connect=lambda: db.connect(path, durability=config.durability, encryption_key=key),
     )
     total = 0
     try:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from commander_os.errors import SchemaError, SchemaTooNew
+from commander_os.storage import db
 
 __all__ = [
     "CREATE_SCHEMA_VERSION",
@@ -144,7 +145,7 @@ def _apply(conn: sqlite3.Connection, migration: Migration) -> None:
                 conn.execute(statement)
         else:
             migration.apply(conn)
-    except sqlite3.Error as exc:
+    except db.Error as exc:
         raise SchemaError(
             f"migration {migration.version} ({migration.description}) failed: {exc}"
         ) from exc

@@ -163,9 +163,7 @@ class SyncWorker:
             # and ship again with the same versions, which the relay ignores as duplicates. So
             # the worker's connection does not fsync its commits; the next write of the store
             # at durability "full" syncs the WAL, these frames included.
-            connect=lambda: db.connect(
-                storage.db_path, durability="normal", busy_timeout=config.busy_timeout
-            ),
+            connect=lambda: storage._open_connection("normal"),
             write_lock=storage._lock,
         )
 
@@ -301,7 +299,7 @@ class SyncWorker:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.OperationalError as exc:
+        except db.OperationalError as exc:
             raise db.translate_error(exc, "cannot update the sync queue") from exc
 
     # ------------------------------------------------------------------------ bookkeeping
