@@ -32,13 +32,14 @@ __all__ = [
     "Store",
 ]
 
-#: What the raw sqlite3 peer runs: the same table and upsert as AgentStorage (agent_storage.py).
+#: What the raw sqlite3 peer runs: the same table and upsert as AgentStorage (agent_storage.py;
+#: a rowid table since issue 5 measured WITHOUT ROWID at 3x slower for 1 KB values).
 RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key        TEXT PRIMARY KEY NOT NULL,
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
-) WITHOUT ROWID
+)
 """
 RAW_UPSERT = (
     "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
