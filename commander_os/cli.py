@@ -40,6 +40,13 @@ DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--encryption-key-file",
+        help="File holding the key of encrypted stores (default: $COMMANDER_OS_ENCRYPTION_KEY).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -65,11 +72,14 @@ def _root(
 def status(
     data_dir: DataDir = Path("./data/agents"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    encryption_key_file: KeyFileOpt = None,
 ) -> None:
     """Show health and sync-queue size of every agent store under DATA_DIR."""
+    from commander_os.config import load_storage_config, read_encryption_key
     from commander_os.storage.inspect import inspect_stores
 
-    reports = inspect_stores(data_dir)
+    settings = _with_key_file(load_storage_config(), encryption_key_file)
+    reports = inspect_stores(data_dir, encryption_key=read_encryption_key(settings))
     if as_json:
         sys.stdout.write(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -117,15 +127,17 @@ def sync(
     data_dir: DataDir = Path("./data/agents"),
     config: ConfigOpt = None,
     relay: Annotated[str | None, typer.Option(help="Relay URL (default: from config).")] = None,
+    encryption_key_file: KeyFileOpt = None,
 ) -> None:
     """Ship every queued change of the stores under DATA_DIR to the relay now."""
     from rich.progress import Progress
 
-    from commander_os.config import load_storage_config
+    from commander_os.config import load_storage_config, read_encryption_key
     from commander_os.storage.inspect import drain_store, find_stores
 
     settings = load_storage_config(config, overrides={"htpc_url": relay})
-    stores = find_stores(data_dir)
+    settings = _with_key_file(settings, encryption_key_file)
+    stores = find_stores(data_dir, encryption_key=read_encryption_key(settings))
     if not stores:
         console.print(f"no agent stores under {data_dir}")
         return
@@ -141,6 +153,13 @@ def sync(
             progress.update(task, total=max(shipped, 1), completed=max(shipped, 1))
             total += shipped
     console.print(f"synced {total} change(s) from {len(stores)} store(s) to {settings.htpc_url}")
+
+
+def _with_key_file(settings: Any, key_file: Path | None) -> Any:
+    """``settings`` whose key comes from ``key_file`` when given (it beats the environment)."""
+    if key_file is None:
+        return settings
+    return settings.model_copy(update={"encryption_key": None, "encryption_key_file": key_file})
 
 
 # ------------------------------------------------------------------------------- query

@@ -7,7 +7,7 @@ Use :func:`open_store` to build the store a :class:`~commander_os.config.RelayCo
 
 from __future__ import annotations
 
-from commander_os.config import RelayConfig
+from commander_os.config import RelayConfig, read_encryption_key
 from commander_os.network.central.base import (
     CentralStore,
     CentralStoreError,
@@ -43,6 +43,7 @@ def store_for_config(config: RelayConfig) -> CentralStore:
             durability=config.durability,
             max_value_bytes=config.limits.max_value_bytes,
             query_timeout=config.limits.query_timeout,
+            encryption_key=read_encryption_key(config),
         )
     if config.backend == "postgresql" and config.database_url:
         return PostgresCentralStore(

@@ -9,6 +9,9 @@ Writes go through one writer thread that **group-commits**: every apply request 
 queue is merged into one ``BEGIN IMMEDIATE`` transaction and one fsync, and each request's
 future resolves only after ``COMMIT`` returned. Reads run on a small pool of threads with their
 own connections, so neither blocks the event loop nor waits for the writer (WAL snapshots).
+
+With an ``encryption_key`` every connection opens the file through SQLCipher (see
+:mod:`commander_os.storage.db`): the database and its WAL then hold no plaintext.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
+from commander_os.errors import EncryptionError
 from commander_os.network.central.base import (
     CentralStore,
     CentralStoreUnavailable,
@@ -43,6 +47,7 @@ from commander_os.network.protocol import (
     QueryResponse,
     StoredRecord,
 )
+from commander_os.storage import db
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
 
@@ -55,6 +60,8 @@ MAX_GROUP_RECORDS = 20_000
 READER_THREADS = 4
 #: SQLite VM steps between two checks of the query time budget.
 _PROGRESS_STEPS = 20_000
+#: Opening failures reported as CentralStoreUnavailable (both drivers' errors, a bad key).
+_OPEN_ERRORS: tuple[type[Exception], ...] = (OSError, EncryptionError, *db.Error)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -116,10 +123,18 @@ SELECT_USER_VERSION = "PRAGMA user_version"
 
 
 def connect(
-    path: Path, *, durability: Literal["full", "normal"], writer: bool
+    path: Path,
+    *,
+    durability: Literal["full", "normal"],
+    writer: bool,
+    encryption_key: str | None = None,
 ) -> sqlite3.Connection:
-    """Open ``path`` with the store's pragmas; the one place they are set."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    """Open ``path`` with the store's pragmas; the one place they are set.
+
+    ``encryption_key`` opens (or creates) it encrypted; raises
+    :class:`~commander_os.errors.EncryptionError` for a wrong or missing key.
+    """
+    conn = db.open_file(path, encryption_key=encryption_key, timeout=30.0, cached_statements=128)
     conn.execute("PRAGMA busy_timeout = 30000")
     if writer:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -321,7 +336,8 @@ class SQLiteCentralStore(CentralStore):
 
     ``durability="full"`` (default) fsyncs every group commit; ``"normal"`` may lose the last
     commits on power loss. ``max_value_bytes`` rejects larger encoded values before writing;
-    ``query_timeout`` (seconds) bounds every query.
+    ``query_timeout`` (seconds) bounds every query. ``encryption_key`` encrypts the file at
+    rest (SQLCipher); it is never shown in health or errors.
     """
 
     backend = "sqlite"
@@ -334,8 +350,10 @@ class SQLiteCentralStore(CentralStore):
         max_value_bytes: int | None = None,
         query_timeout: float = 5.0,
         reader_threads: int = READER_THREADS,
+        encryption_key: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self._encryption_key = encryption_key
         self.durability = durability
         self.max_value_bytes = max_value_bytes
         self.query_timeout = query_timeout
@@ -361,14 +379,22 @@ class SQLiteCentralStore(CentralStore):
     def _open_sync(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = connect(self.path, durability=self.durability, writer=True)
+            conn = self._connect(writer=True)
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except (OSError, sqlite3.Error) as exc:
+        except _OPEN_ERRORS as exc:
             raise CentralStoreUnavailable(f"cannot open central store {self.path}: {exc}") from exc
         self._writer = _Writer(conn)
         self._writer.start()
         self._readers = ThreadPoolExecutor(self._reader_threads, thread_name_prefix="central-read")
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        return connect(
+            self.path,
+            durability=self.durability,
+            writer=writer,
+            encryption_key=self._encryption_key,
+        )
 
     async def close(self) -> None:
         writer, readers = self._writer, self._readers
@@ -400,7 +426,7 @@ class SQLiteCentralStore(CentralStore):
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, durability=self.durability, writer=False)
+            conn = self._connect(writer=False)
             conn.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
             self._local.conn = conn
             with self._lock:
@@ -419,14 +445,14 @@ class SQLiteCentralStore(CentralStore):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(readers, func, *args)
-        except sqlite3.OperationalError as exc:
+        except db.OperationalError as exc:
             if "interrupted" in str(exc):
                 raise QueryTimeout(
                     f"query ran past the {self.query_timeout:g} s budget: "
                     "narrow it with agent_id, table or key"
                 ) from exc
             raise CentralStoreUnavailable(f"central store read failed: {exc}") from exc
-        except sqlite3.Error as exc:
+        except db.Error as exc:
             raise CentralStoreUnavailable(f"central store read failed: {exc}") from exc
         except RuntimeError as exc:  # executor shut down while we were submitting
             raise CentralStoreUnavailable("central store is closed") from exc
@@ -484,7 +510,11 @@ class SQLiteCentralStore(CentralStore):
 
     async def health(self) -> StoreHealth:
         writer = self._writer
-        detail: dict[str, Any] = {"path": str(self.path), "durability": self.durability}
+        detail: dict[str, Any] = {
+            "path": str(self.path),
+            "durability": self.durability,
+            "encrypted": self._encryption_key is not None,
+        }
         if writer is None or not writer.is_alive():
             return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": "closed"})
         try:
