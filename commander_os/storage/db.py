@@ -12,6 +12,12 @@ fast as ever. The two drivers raise their own exception classes, so code that ca
 errors catches the tuples :data:`Error`, :data:`DatabaseError`, :data:`OperationalError` and
 :data:`IntegrityError` defined here, which hold both.
 
+A wrong key must not change the file either. A connection that finds a ``-wal`` file opens it
+before it reads (and fails to decrypt) the first page, and on close the last connection
+checkpoints the WAL into the database and deletes it. So when a WAL is present, the key is first
+tried on a read-only connection, which never checkpoints; a key that opened a file once is not
+tried twice by the same process.
+
 A file is never opened by the wrong driver: the first 16 bytes of a plain database are
 ``SQLite format 3\\0`` and those of an encrypted one are a random salt, so :func:`open_file`
 tells the two apart before opening. That matters beyond the error message: two SQLite libraries
@@ -21,11 +27,14 @@ opened (and closed) a live encrypted store could checkpoint and delete its WAL u
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from commander_os.errors import EncryptionError, StorageBusy, StorageError
 
@@ -69,6 +78,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 #: a passphrase, which SQLCipher stretches with PBKDF2 (about 0.1-0.2 s per connection).
 _RAW_KEY = re.compile(r"[0-9A-Fa-f]{64}")
 VERIFY_KEY = "SELECT count(*) FROM sqlite_master"
+# (path, sha256 of the key) pairs that opened in this process: see _check_key_read_only().
+_good_keys: set[tuple[str, str]] = set()
+_good_keys_lock = threading.Lock()
 
 
 def is_busy_error(exc: BaseException) -> bool:
@@ -140,7 +152,7 @@ def open_file(
     file, and lets busy errors through (see :func:`is_busy_error`) for the caller to retry.
     """
     encrypted = is_encrypted(path)
-    target = f"file:{path}?mode=ro" if read_only else str(path)
+    target = _read_only_uri(path) if read_only else str(path)
     if encryption_key is None:
         if encrypted:
             raise EncryptionError(
@@ -152,6 +164,8 @@ def open_file(
     else:
         literal = key_literal(encryption_key)
         driver = _sqlcipher()
+        if not read_only:
+            _check_key_read_only(path, encryption_key, literal, timeout)
     conn: sqlite3.Connection = driver.connect(
         target,
         timeout=timeout,
@@ -168,6 +182,29 @@ def open_file(
         conn.close()
         raise
     return conn
+
+
+def _read_only_uri(path: Path) -> str:
+    return f"file:{quote(str(path))}?mode=ro"
+
+
+def _check_key_read_only(path: Path, key: str, literal: str, timeout: float) -> None:
+    """Try ``key`` on a read-only connection first when ``path`` has a WAL (see the module)."""
+    if not Path(f"{path}-wal").exists():
+        return
+    known = (str(Path(path).resolve()), hashlib.sha256(key.encode("utf-8")).hexdigest())
+    with _good_keys_lock:
+        if known in _good_keys:
+            return
+    probe: sqlite3.Connection = _sqlcipher().connect(
+        _read_only_uri(path), timeout=timeout, check_same_thread=False, uri=True
+    )
+    try:
+        _unlock(probe, path, literal)
+    finally:
+        probe.close()
+    with _good_keys_lock:
+        _good_keys.add(known)
 
 
 def is_encrypted(path: Path) -> bool | None:

@@ -64,6 +64,7 @@ from commander_os.errors import (
     RecordNotFound,
     SchedulingConflict,
 )
+from commander_os.storage import db
 from commander_os.storage.base_storage import BaseStorage
 
 __all__ = ["RecruiterAgentStorage"]
@@ -95,7 +96,7 @@ class RecruiterAgentStorage(BaseStorage):
         try:
             with self.transaction() as conn:
                 yield conn
-        except sqlite3.IntegrityError as exc:
+        except db.IntegrityError as exc:  # sqlite3's or, encrypted, SQLCipher's
             raise InvalidInput(f"the database refused the change: {exc}") from exc
 
     def _load_candidate(self, conn: sqlite3.Connection, candidate_id: str) -> Candidate:
