@@ -12,8 +12,8 @@ statements and one WAL flush (``synchronous_commit`` on at the default durabilit
    increasing order**. A plain sequence would not do: two transactions could take revs 10 and 11
    and commit 11 first, and a change-feed reader that had just read 11 would never see 10.
 2. One ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE ... WHERE excluded.version >
-   records.version`` applies every record (monotonic, idempotent), and in the same statement
-   adjusts the live counts per table; it returns the revs of the rows it changed.
+   records.version`` applies every record (monotonic, idempotent) and returns the revs of the
+   rows it changed.
 3. ``INSERT ... ON CONFLICT`` raises each agent's high-water mark and last-seen time.
 
 **Reads** take a pooled connection with a ``statement_timeout`` equal to the query budget
@@ -72,33 +72,18 @@ WRITE_STATEMENT_TIMEOUT = 60.0
 
 BUMP_REVS = "UPDATE rev_counter SET last_rev = last_rev + %s RETURNING last_rev"
 UPSERT_RECORDS = """
-WITH src AS (
-    SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data, s.n,
-           (SELECT last_rev FROM rev_counter) - %(count)s::bigint + s.n AS rev
-    FROM unnest(%(agent_id)s::text[], %(tbl)s::text[], %(key)s::text[], %(version)s::int8[],
-                %(ts)s::int8[], %(deleted)s::bool[], %(data)s::text[]::jsonb[])
-         WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, n)
-), prev AS (
-    SELECT r.agent_id, r.tbl, r.key, r.deleted
-    FROM records r JOIN src s ON r.agent_id = s.agent_id AND r.key = s.key AND r.tbl = s.tbl
-), up AS (
-    INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev)
-    SELECT agent_id, tbl, key, version, ts, deleted, data, rev FROM src ORDER BY n
-    ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
-        version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
-        data = excluded.data, rev = excluded.rev
-    WHERE excluded.version > r.version
-    RETURNING r.agent_id, r.tbl, r.key, r.deleted, r.rev
-), counted AS (
-    INSERT INTO table_counts AS c (agent_id, tbl, live)
-    SELECT up.agent_id, up.tbl,
-           sum((NOT up.deleted)::int - coalesce((NOT prev.deleted)::int, 0))
-    FROM up LEFT JOIN prev
-      ON prev.agent_id = up.agent_id AND prev.key = up.key AND prev.tbl = up.tbl
-    GROUP BY up.agent_id, up.tbl
-    ON CONFLICT (agent_id, tbl) DO UPDATE SET live = c.live + excluded.live
-)
-SELECT rev FROM up
+INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev)
+SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data,
+       (SELECT last_rev FROM rev_counter) - %(count)s::bigint + s.n
+FROM unnest(%(agent_id)b::text[], %(tbl)b::text[], %(key)b::text[], %(version)b::int8[],
+            %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[])
+     WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, n)
+ORDER BY s.n
+ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
+    version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
+    data = excluded.data, rev = excluded.rev
+WHERE excluded.version > r.version
+RETURNING r.rev
 """
 UPSERT_AGENTS = """
 INSERT INTO agents AS a (agent_id, highest_version, last_seen)
@@ -109,11 +94,11 @@ ON CONFLICT (agent_id) DO UPDATE SET
 RETURNING agent_id, highest_version
 """
 SELECT_AGENTS = """
-SELECT a.agent_id, a.highest_version, a.last_seen,
-       coalesce(jsonb_object_agg(c.tbl, c.live) FILTER (WHERE c.tbl IS NOT NULL), '{}')
-FROM agents a LEFT JOIN table_counts c ON c.agent_id = a.agent_id
-GROUP BY a.agent_id, a.highest_version, a.last_seen
-ORDER BY a.agent_id
+SELECT agent_id, highest_version, last_seen FROM agents ORDER BY agent_id
+"""
+#: Live records per agent and table, counted when asked (see ``agents()``).
+SELECT_TABLE_COUNTS = """
+SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY agent_id, tbl
 """
 SELECT_MAX_REV = "SELECT last_rev FROM rev_counter"
 CONFIGURE_SESSION = """
@@ -456,15 +441,21 @@ class PostgresCentralStore(CentralStore):
         return QueryResponse.model_construct(records=records, next_cursor=next_cursor)
 
     async def agents(self) -> list[AgentSummary]:
+        # Counted on demand (a scan of the table, ~0.1 s per million records) rather than kept
+        # by every apply: keeping them needs the old row's state, an extra probe per record on
+        # the ingest path, which is the path that has to scale.
+        counts: dict[str, dict[str, int]] = {}
+        for agent_id, tbl, live in await self._fetch(SELECT_TABLE_COUNTS):
+            counts.setdefault(agent_id, {})[tbl] = int(live)
         return [
             AgentSummary(
                 agent_id=agent_id,
                 last_seen=micros_to_ts(last_seen),
                 highest_version=highest,
-                record_count=sum(tables.values()),
-                tables=dict(sorted(tables.items())),
+                record_count=sum(counts.get(agent_id, {}).values()),
+                tables=dict(sorted(counts.get(agent_id, {}).items())),
             )
-            for agent_id, highest, last_seen, tables in await self._fetch(SELECT_AGENTS)
+            for agent_id, highest, last_seen in await self._fetch(SELECT_AGENTS)
         ]
 
     async def health(self) -> StoreHealth:

@@ -13,8 +13,7 @@ Layout (migration 1):
 * ``rev_counter``: one row holding the last ``rev`` handed out. A writer reserves its revisions
   by updating this row first in its transaction: the row lock is held until commit, so revisions
   are handed out in commit order across every relay on the database (see ``postgres.py``).
-* ``agents``: per-agent high-water mark and last contact; ``table_counts``: live records per
-  agent and table, kept by the apply statement so ``/relay/agents`` is cheap at any size.
+* ``agents``: per-agent high-water mark and last contact.
 
 Text columns use the "C" collation: keys compare by code point, as in the SQLite store, and
 ``key >= prefix AND key < upper`` prefix ranges are exact.
@@ -81,12 +80,6 @@ CREATE TABLE agents (
     highest_version bigint NOT NULL,
     last_seen       bigint NOT NULL
 );
-CREATE TABLE table_counts (
-    agent_id text COLLATE "C" NOT NULL,
-    tbl      text COLLATE "C" NOT NULL,
-    live     bigint NOT NULL,
-    PRIMARY KEY (agent_id, tbl)
-);
 """
 
 
@@ -99,9 +92,7 @@ class Migration:
     statements: str
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "records, rev counter, agents, table counts", V1_RECORDS),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "records, rev counter, agents", V1_RECORDS),)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
