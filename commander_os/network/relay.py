@@ -497,7 +497,10 @@ def create_app(
         all (no records in it)."""
         return await _health(state)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    # Not response_class=PlainTextResponse: that would document the JSON errors as text/plain.
+    @app.get(
+        "/metrics", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
+    )
     async def metrics(caller: Caller = admit) -> Response:
         """Prometheus text exposition (admin token when auth is on)."""
         caller.require_admin()

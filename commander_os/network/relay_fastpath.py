@@ -64,8 +64,10 @@ def _encode(
     checked = agent_id is not None and agent == agent_id
     if not checked and (type(agent) is not str or not _AGENT_ID.fullmatch(agent)):
         raise _Slow
+    if type(table) is not str:  # before the set lookup: a list or dict is unhashable
+        raise _Slow
     if table not in tables:
-        if type(table) is not str or not _TABLE.fullmatch(table):
+        if not _TABLE.fullmatch(table):
             raise _Slow
         tables.add(table)
     if (

@@ -126,6 +126,14 @@ def hostile_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         "/relay/query",
         {"where": [{"field": "v", "op": "exists", "value": True}] * 17},
     )
+    # Found by schemathesis: an unhashable table once reached a set lookup in the fast path (500).
+    add("table as a list", "/relay/immediate", record(CALLER, table=[{"a": 1}]))
+    add(
+        "table as an object",
+        "/relay/batch",
+        {"agent_id": CALLER, "records": [record(CALLER, table={})]},
+    )
+    add("key as a list", "/relay/immediate", record(CALLER, key=["k"]))
     add("table sqlite_master", "/relay/query", {"table": "sqlite_master"})
     add("table injection", "/relay/query", {"table": "kv; DROP TABLE records"})
     add("not json", "/relay/query", b"\xff\xfe garbage")
