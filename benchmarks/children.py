@@ -3,8 +3,9 @@
 * ``watch URL AGENT COUNT OUT``: follow the relay's change feed (``/relay/changes``, long-poll)
   and write, for each key of ``AGENT``, the ``CLOCK_MONOTONIC`` nanosecond at which it became
   visible. Prints ``ready`` once it follows the feed.
-* ``drain DIR URL OUT``: open the agent store in ``DIR`` against the relay at ``URL``, drain its
-  backlog and write the time taken and the memory used (``VmRSS`` before, ``VmHWM`` after).
+* ``drain DIR URL OUT BATCH``: open the agent store in ``DIR`` against the relay at ``URL``
+  (``sync_batch_size`` BATCH), drain its backlog and write the time taken and the memory used
+  (``VmRSS`` before, ``VmHWM`` after).
 * ``ingest URL AGENT BATCHES SIZE OUT``: build ``BATCHES`` zstd bodies of ``SIZE`` records as
   ``RelayClient.push`` does, print ``ready``, wait for a line on stdin, post them one after
   the other to ``/relay/batch``, and write the start, end and per-batch latencies.
@@ -69,7 +70,7 @@ def _queue_size(path: Path) -> int:
         conn.close()
 
 
-def drain(directory: Path, url: str, out: Path) -> None:
+def drain(directory: Path, url: str, out: Path, batch_size: int = 100) -> None:
     """Open the store with a backlog, ship all of it, report seconds and memory."""
     rss_before = proc_status_kib("VmRSS")
     from commander_os.storage.agent_storage import AgentStorage
@@ -77,7 +78,13 @@ def drain(directory: Path, url: str, out: Path) -> None:
     queued = _queue_size(directory / "backlog.db")  # before the worker starts shipping
     rss_imported = proc_status_kib("VmRSS")
     started = time.perf_counter()
-    store = AgentStorage(agent_id="backlog", data_dir=directory, enable_htpc=True, htpc_url=url)
+    store = AgentStorage(
+        agent_id="backlog",
+        data_dir=directory,
+        enable_htpc=True,
+        htpc_url=url,
+        sync_batch_size=batch_size,
+    )
     worker = store.sync_worker
     assert worker is not None
     # The background worker starts shipping at once; draining here as well ends exactly when
@@ -155,7 +162,7 @@ def main(argv: list[str]) -> int:
     if command == "watch":
         watch(args[0], args[1], int(args[2]), Path(args[3]))
     elif command == "drain":
-        drain(Path(args[0]), args[1], Path(args[2]))
+        drain(Path(args[0]), args[1], Path(args[2]), int(args[3]))
     elif command == "ingest":
         ingest(args[0], args[1], int(args[2]), int(args[3]), Path(args[4]))
     else:

@@ -30,6 +30,7 @@ __all__ = ["run_sync"]
 
 LAG_AGENT = "bench-lag"
 BACKLOG_AGENT = "backlog"
+DRAIN_BATCH_SIZES = (100, 1000)
 
 
 def _child(*args: str) -> list[str]:
@@ -70,7 +71,8 @@ def _lag(stamps: dict[str, int], seen: dict[str, int], prefix: str) -> list[floa
 def _measure_lag(
     sizes: Sizes, workdir: Path, relay_url: str, client_cpu: int | None
 ) -> tuple[list[float], list[float], int]:
-    total = sizes.steady_writes + sizes.bursts * sizes.burst_size
+    # Every measured write plus the unmeasured warm-up write the watcher also sees.
+    total = sizes.steady_writes + sizes.bursts * sizes.burst_size + 1
     out = workdir / "seen.json"
     argv = _child("watch", relay_url, LAG_AGENT, str(total), str(out))
     watcher = subprocess.Popen(_taskset(client_cpu) + argv, stdout=subprocess.PIPE, text=True)
@@ -137,25 +139,30 @@ def _write_backlog(directory: Path, count: int) -> None:
         store.close()
 
 
-def _drain(sizes: Sizes, workdir: Path, server_cpu: int | None, client_cpu: int | None) -> dict:
-    directory = workdir / "backlog-agent"
+def _drain(
+    sizes: Sizes,
+    workdir: Path,
+    server_cpu: int | None,
+    client_cpu: int | None,
+    batch_size: int,
+) -> dict:
+    directory = workdir / f"backlog-agent-{batch_size}"
     _write_backlog(directory, sizes.backlog)
-    out = workdir / "drain.json"
-    with RelayProcess(data_dir=workdir / "backlog-relay", cpu=server_cpu) as relay:
-        argv = _taskset(client_cpu) + _child("drain", str(directory), relay.url, str(out))
-        subprocess.run(argv, check=True, timeout=600)
+    out = workdir / f"drain-{batch_size}.json"
+    with RelayProcess(data_dir=workdir / f"backlog-relay-{batch_size}", cpu=server_cpu) as relay:
+        argv = _child("drain", str(directory), relay.url, str(out), str(batch_size))
+        subprocess.run(_taskset(client_cpu) + argv, check=True, timeout=900)
     result: dict = orjson.loads(out.read_bytes())
     return result
 
 
 def _drain_results(sizes: Sizes, drained: dict) -> list[Result]:
     growth_mb = (drained["hwm_kib"] - drained["rss_imported_kib"]) / 1024
-    note = f"{drained['queued']} queued, {drained['left']} left; sync_batch_size " + str(
-        drained["batch_size"]
-    )
+    batch = drained["batch_size"]
+    note = f"{drained['queued']} queued, {drained['left']} left"
     return [
         Result(
-            f"drain a {sizes.backlog}-record backlog",
+            f"drain a {sizes.backlog}-record backlog, sync_batch_size {batch}",
             "value",
             "s",
             drained["seconds"],
@@ -164,7 +171,7 @@ def _drain_results(sizes: Sizes, drained: dict) -> list[Result]:
             extra={"records_per_s": drained["queued"] / max(drained["seconds"], 1e-9)},
         ),
         Result(
-            "agent memory growth while draining",
+            f"agent memory growth while draining, sync_batch_size {batch}",
             "value",
             "MB",
             growth_mb,
@@ -186,6 +193,9 @@ def run_sync(
         log(f"sync: replication lag ({sizes.steady_writes} steady, {sizes.bursts} bursts)")
         steady, bursts, missing = _measure_lag(sizes, workdir, relay.url, client_cpu)
     results = _lag_results(sizes, steady, bursts, missing)
-    log(f"sync: draining a {sizes.backlog}-record backlog")
-    results += _drain_results(sizes, _drain(sizes, workdir, server_cpu, client_cpu))
+    # The shipped default batch size, then a larger one (relays accept up to 5000).
+    for batch_size in DRAIN_BATCH_SIZES:
+        log(f"sync: draining a {sizes.backlog}-record backlog, sync_batch_size {batch_size}")
+        drained = _drain(sizes, workdir, server_cpu, client_cpu, batch_size)
+        results += _drain_results(sizes, drained)
     return results
