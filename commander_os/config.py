@@ -79,7 +79,8 @@ class StorageConfig(_Section):
     #: Seconds a writer waits for another connection's lock before StorageBusy.
     busy_timeout: float = Field(default=30.0, gt=0, le=3600)
     request_timeout: float = Field(default=10.0, gt=0, le=600)
-    htpc_token: str | None = None
+    #: The agent's relay token (``commander-os token create``); never shown in repr or errors.
+    htpc_token: str | None = Field(default=None, repr=False)
     token_file: Path | None = None
     htpc_ca_file: Path | None = None
     #: Encrypt the store at rest (SQLCipher): a passphrase, or 64 hex digits for a raw key.
@@ -133,7 +134,9 @@ class RelayConfig(_Section):
     database_url: str | None = None
     durability: Durability = "full"
     auth: bool = False
-    secret: str | None = None
+    #: HMAC key for agent tokens (at least 32 characters); default: ``relay.secret`` in
+    #: ``agent_storage_dir``, generated on first start. Never shown in repr or errors.
+    secret: str | None = Field(default=None, repr=False)
     tls: TLSConfig | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     #: Encrypt the SQLite central store at rest, as ``StorageConfig.encryption_key``.

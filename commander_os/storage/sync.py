@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from commander_os.errors import (
+    ConfigError,
     RelayAuthError,
     RelayError,
     RelayProtocolError,
@@ -441,9 +442,20 @@ def _iso(moment: float | None) -> str | None:
 
 
 def read_token(config: StorageConfig) -> str | None:
-    """The relay token from ``htpc_token`` or ``token_file``, if any."""
+    """The relay token from ``htpc_token`` or ``token_file``, if any.
+
+    Raises :class:`~commander_os.errors.ConfigError` naming the file (never its content) when
+    ``token_file`` cannot be read or is empty.
+    """
     if config.htpc_token:
         return config.htpc_token
-    if config.token_file is not None:
-        return config.token_file.read_text(encoding="utf-8").strip()
-    return None
+    path = config.token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read token_file: {exc}") from None
+    if not token:
+        raise ConfigError(f"{path}: token_file is empty (commander-os token create AGENT_ID)")
+    return token

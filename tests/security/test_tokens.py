@@ -162,3 +162,17 @@ def test_configured_secret_wins_and_must_be_long(tmp_path: Path) -> None:
     assert not (tmp_path / "relay.secret").exists()
     with pytest.raises(ConfigError, match="at least"):
         load_secret(RelayConfig(agent_storage_dir=tmp_path, secret="short"))
+
+
+def test_token_file_problems_are_config_errors(tmp_path: Path) -> None:
+    from commander_os.config import StorageConfig
+    from commander_os.storage.sync import read_token
+
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for path in (tmp_path / "missing.token", empty):
+        with pytest.raises(ConfigError, match="token_file"):
+            read_token(StorageConfig(token_file=path))
+    (tmp_path / "ok.token").write_text("  cos1.a.b \n")
+    assert read_token(StorageConfig(token_file=tmp_path / "ok.token")) == "cos1.a.b"
+    assert "cos1" not in repr(StorageConfig(htpc_token="cos1.a.b"))
