@@ -104,6 +104,9 @@ SELECT_MAX_REV = "SELECT last_rev FROM rev_counter"
 CONFIGURE_SESSION = """
 SELECT set_config('statement_timeout', %s, false),
        set_config('synchronous_commit', %s, false),
+       -- Field filters differ wildly in selectivity: plan each query for its own values
+       -- (a cached generic plan cannot tell whether the GIN index or the rev order is best).
+       set_config('plan_cache_mode', 'force_custom_plan', false),
        CASE WHEN %s::text IS NULL THEN NULL ELSE set_config('search_path', %s, false) END
 """
 
