@@ -33,6 +33,7 @@ __all__ = [
     "load_relay_config",
     "load_storage_config",
     "read_encryption_key",
+    "read_token",
 ]
 
 ENV_PREFIX = "COMMANDER_OS_"
@@ -176,6 +177,32 @@ class RelayConfig(_Section):
             return False
 
 
+def _read_secret_file(path: Path, setting: str, hint: str = "") -> str:
+    """The one-line secret in ``path``; errors name the file and setting, never the content."""
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {setting}: {exc}") from None
+    if not secret:
+        raise ConfigError(f"{path}: {setting} is empty{hint}")
+    return secret
+
+
+def read_token(config: StorageConfig) -> str | None:
+    """The relay token from ``htpc_token`` or ``token_file``, if any.
+
+    Raises :class:`~commander_os.errors.ConfigError` naming the file (never its content) when
+    ``token_file`` cannot be read or is empty.
+    """
+    if config.htpc_token:
+        return config.htpc_token
+    if config.token_file is None:
+        return None
+    return _read_secret_file(
+        config.token_file, "token_file", " (commander-os token create AGENT_ID)"
+    )
+
+
 def read_encryption_key(section: StorageConfig | RelayConfig) -> str | None:
     """The encryption key of ``section``: ``encryption_key``, else ``encryption_key_file``.
 
@@ -185,16 +212,9 @@ def read_encryption_key(section: StorageConfig | RelayConfig) -> str | None:
     """
     if section.encryption_key is not None:
         return section.encryption_key
-    path = section.encryption_key_file
-    if path is None:
+    if section.encryption_key_file is None:
         return None
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read encryption_key_file: {exc}") from exc
-    if not key:
-        raise ConfigError(f"{path}: encryption_key_file is empty")
-    return key
+    return _read_secret_file(section.encryption_key_file, "encryption_key_file")
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -24,6 +24,7 @@ import httpx
 import orjson
 import zstandard
 
+from commander_os.config import StorageConfig, read_token
 from commander_os.errors import (
     RelayAuthError,
     RelayError,
@@ -82,6 +83,16 @@ class RelayClient:
             http.headers.update(headers)
         self._http = http
         self._compressor = zstandard.ZstdCompressor(level=1)
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> RelayClient:
+        """A client for the relay(s) of an agent's config: URLs, token, timeout and CA file."""
+        return cls(
+            config.relay_urls(),
+            token=read_token(config),
+            timeout=config.request_timeout,
+            verify=config.htpc_ca_file or True,
+        )
 
     @property
     def url(self) -> str:

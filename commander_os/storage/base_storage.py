@@ -397,14 +397,8 @@ class BaseStorage:
         with self._lock:
             if self._relay is None:
                 from commander_os.network.client import RelayClient
-                from commander_os.storage.sync import read_token
 
-                self._relay = RelayClient(
-                    self.config.relay_urls(),
-                    token=read_token(self.config),
-                    timeout=self.config.request_timeout,
-                    verify=self.config.htpc_ca_file or True,
-                )
+                self._relay = RelayClient.from_config(self.config)
             return self._relay
 
     def query_network(

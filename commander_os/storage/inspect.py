@@ -104,16 +104,11 @@ def drain_store(
     """
     from commander_os.identifiers import validate_agent_id
     from commander_os.network.client import RelayClient
-    from commander_os.storage.sync import SyncWorker, read_token
+    from commander_os.storage.sync import SyncWorker
 
     agent_id = validate_agent_id(path.stem)
     key = read_encryption_key(config) if db.is_encrypted(path) else None
-    client = RelayClient(
-        config.relay_urls(),
-        token=read_token(config),
-        timeout=config.request_timeout,
-        verify=config.htpc_ca_file or True,
-    )
+    client = RelayClient.from_config(config)
     worker = SyncWorker(
         agent_id=agent_id,
         db_path=path,

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from commander_os.errors import (
-    ConfigError,
     RelayAuthError,
     RelayError,
     RelayProtocolError,
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
     from commander_os.config import StorageConfig
     from commander_os.storage.base_storage import BaseStorage
 
-__all__ = ["ShipLock", "SyncWorker", "WorkerState", "read_token"]
+__all__ = ["ShipLock", "SyncWorker", "WorkerState"]
 
 #: How often an idle worker looks for writes committed by other processes.
 IDLE_POLL_SECONDS = 0.1
@@ -149,12 +148,7 @@ class SyncWorker:
         """A worker for ``storage`` with a client built from its config."""
         config = storage.config
         if client is None:
-            client = RelayClient(
-                config.relay_urls(),
-                token=read_token(config),
-                timeout=config.request_timeout,
-                verify=config.htpc_ca_file or True,
-            )
+            client = RelayClient.from_config(config)
         return cls(
             agent_id=storage.agent_id,
             db_path=storage.db_path,
@@ -439,23 +433,3 @@ def _iso(moment: float | None) -> str | None:
     if moment is None:
         return None
     return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def read_token(config: StorageConfig) -> str | None:
-    """The relay token from ``htpc_token`` or ``token_file``, if any.
-
-    Raises :class:`~commander_os.errors.ConfigError` naming the file (never its content) when
-    ``token_file`` cannot be read or is empty.
-    """
-    if config.htpc_token:
-        return config.htpc_token
-    path = config.token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read token_file: {exc}") from None
-    if not token:
-        raise ConfigError(f"{path}: token_file is empty (commander-os token create AGENT_ID)")
-    return token

@@ -165,8 +165,7 @@ def test_configured_secret_wins_and_must_be_long(tmp_path: Path) -> None:
 
 
 def test_token_file_problems_are_config_errors(tmp_path: Path) -> None:
-    from commander_os.config import StorageConfig
-    from commander_os.storage.sync import read_token
+    from commander_os.config import StorageConfig, read_token
 
     empty = tmp_path / "empty.token"
     empty.write_text("\n")

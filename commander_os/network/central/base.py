@@ -67,6 +67,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "encode_records",
+    "group_acks",
     "micros_to_ts",
     "parse_field_path",
     "ts_to_micros",
@@ -182,6 +183,32 @@ def parse_field_path(path: str) -> list[str | int]:
         raise ValueError(f"invalid field path {path!r}")
     first, *rest = path.split(".")
     return [first, *(int(part) if part.isdigit() else part for part in rest)]
+
+
+def group_acks(
+    index: int,
+    records: Sequence[EncodedRecord],
+    applied: dict[tuple[int, str], int],
+    highest: dict[str, int],
+) -> list[Ack]:
+    """The acks of one request in a group commit: one per agent, in first-seen order.
+
+    ``applied`` counts, per ``(request index, agent)``, the records that changed the store;
+    the rest of the request's records of that agent were stale or repeated (``ignored``).
+    ``highest`` is each agent's high-water mark after the commit.
+    """
+    totals: dict[str, int] = {}
+    for record in records:
+        totals[record.agent_id] = totals.get(record.agent_id, 0) + 1
+    return [
+        Ack(
+            agent_id=agent,
+            highest_version=highest[agent],
+            applied=applied.get((index, agent), 0),
+            ignored=total - applied.get((index, agent), 0),
+        )
+        for agent, total in totals.items()
+    ]
 
 
 class CentralStore(ABC):

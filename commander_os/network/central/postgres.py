@@ -48,7 +48,7 @@ from commander_os.network.central.base import (
     QueryTimeout,
     StoreHealth,
     encode_cursor,
-    encode_records,
+    group_acks,
     micros_to_ts,
 )
 from commander_os.network.central.postgres_query import build_query
@@ -56,7 +56,6 @@ from commander_os.network.central.postgres_schema import check_schema_name, migr
 from commander_os.network.protocol import (
     Ack,
     AgentSummary,
-    ChangeRecord,
     QueryRequest,
     QueryResponse,
     StoredRecord,
@@ -309,11 +308,6 @@ class PostgresCentralStore(CentralStore):
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def apply(self, records: Sequence[ChangeRecord]) -> list[Ack]:
-        return await self.apply_encoded(
-            encode_records(records, max_value_bytes=self.max_value_bytes)
-        )
-
     async def apply_encoded(self, records: Sequence[EncodedRecord]) -> list[Ack]:
         """:meth:`apply` for records already encoded (the relay's fast path)."""
         if not records:
@@ -402,7 +396,7 @@ class PostgresCentralStore(CentralStore):
             owner = merged.owners[rev - first_rev]
             applied[owner] = applied.get(owner, 0) + 1
         self.commits += 1
-        return [_acks(index, job, applied, hwm) for index, job in enumerate(group)]
+        return [group_acks(index, job.records, applied, hwm) for index, job in enumerate(group)]
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -471,20 +465,3 @@ class PostgresCentralStore(CentralStore):
             return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": str(exc)})
         detail.update(max_rev=max_rev, commits=self.commits, pending_jobs=self._queue.qsize())
         return StoreHealth(ok=True, backend=self.backend, detail=detail)
-
-
-def _acks(
-    index: int, job: _Job, applied: dict[tuple[int, str], int], hwm: dict[str, int]
-) -> list[Ack]:
-    totals: dict[str, int] = {}
-    for rec in job.records:
-        totals[rec.agent_id] = totals.get(rec.agent_id, 0) + 1
-    return [
-        Ack(
-            agent_id=agent,
-            highest_version=hwm[agent],
-            applied=applied.get((index, agent), 0),
-            ignored=total - applied.get((index, agent), 0),
-        )
-        for agent, total in totals.items()
-    ]

@@ -37,6 +37,7 @@ from commander_os.network.central.base import (
     QueryTimeout,
     StoreHealth,
     encode_cursor,
+    group_acks,
     micros_to_ts,
 )
 from commander_os.network.central.sqlite_query import build_query
@@ -269,7 +270,9 @@ class _Writer(threading.Thread):
             raise
         self.next_rev = plan.next_rev
         self.commits += 1
-        return [self._acks(index, job, plan.applied, hwm) for index, job in enumerate(group)]
+        return [
+            group_acks(index, job.records, plan.applied, hwm) for index, job in enumerate(group)
+        ]
 
     def _existing(
         self, winners: dict[_Identity, tuple[int, EncodedRecord]]
@@ -312,23 +315,6 @@ class _Writer(threading.Thread):
             applied_key = (index, rec.agent_id)
             plan.applied[applied_key] = plan.applied.get(applied_key, 0) + 1
         return plan
-
-    @staticmethod
-    def _acks(
-        index: int, job: _Job, applied: dict[tuple[int, str], int], hwm: dict[str, int]
-    ) -> list[Ack]:
-        totals: dict[str, int] = {}
-        for rec in job.records:
-            totals[rec.agent_id] = totals.get(rec.agent_id, 0) + 1
-        return [
-            Ack(
-                agent_id=agent,
-                highest_version=hwm[agent],
-                applied=applied.get((index, agent), 0),
-                ignored=total - applied.get((index, agent), 0),
-            )
-            for agent, total in totals.items()
-        ]
 
 
 class SQLiteCentralStore(CentralStore):
