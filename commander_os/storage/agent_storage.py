@@ -206,6 +206,17 @@ class AgentStorage(BaseStorage):
             return conn.execute(from_sql, (prefix,))
         return conn.execute(range_sql, (prefix, end))
 
+    def get_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
+        """The value another agent stored under ``key``, read from the relay.
+
+        ``default`` when that agent has no such key on the relay (or deleted it). Raises
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        """
+        record = self.get_network_record(agent_id, KV_TABLE, validate_key(key))
+        if record is None or record.get("data") is None:
+            return default
+        return record["data"]["value"]
+
     # ------------------------------------------------------------------------ async twins
 
     async def aset(self, key: str, value: Any) -> None:
@@ -231,6 +242,10 @@ class AgentStorage(BaseStorage):
     async def aget_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """:meth:`get_many` off the event loop."""
         return await run_in_thread(self.get_many, list(keys))
+
+    async def aget_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
+        """:meth:`get_remote` off the event loop."""
+        return await run_in_thread(self.get_remote, agent_id, key, default)
 
     async def akeys(self, prefix: str = "") -> list[str]:
         """:meth:`keys` off the event loop."""

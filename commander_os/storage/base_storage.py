@@ -442,6 +442,15 @@ class BaseStorage:
             )
         )
 
+    def get_network_record(self, agent_id: str, table: str, key: str) -> dict[str, Any] | None:
+        """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
+
+        None when the relay holds no such row or holds its deletion. Raises
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        """
+        records = self.query_network(agent_id=agent_id, table=table, key=key, max_records=1)
+        return records[0] if records else None
+
     # ---------------------------------------------------------------------------- health
 
     def health_check(self) -> dict[str, Any]:

@@ -323,3 +323,21 @@ def test_two_processes_on_one_store_only_one_ships_and_the_other_takes_over(
     assert store.health_check()["relay"]["shipping"] is True
     keys = sorted(key for _, key in relay_records(shared_relay.url, [agent_id]))
     assert keys == sorted(["from-child", "after", *(f"p{i}" for i in range(10))])
+
+
+def test_reading_another_agents_key_through_the_relay(
+    shared_relay: RelayProcess, make_agent: MakeAgent, agent_id: str
+) -> None:
+    writer = make_agent(agent_id, shared_relay.url, sync_mode="sync", sync_timeout=WAIT)
+    reader = make_agent(agent_id + "-reader", shared_relay.url)
+    writer.set("plan", {"step": 1})
+    assert reader.get_remote(agent_id, "plan") == {"step": 1}
+    assert asyncio.run(reader.aget_remote(agent_id, "plan")) == {"step": 1}
+    record = reader.get_network_record(agent_id, "kv", "plan")
+    assert record is not None
+    assert record["agent_id"] == agent_id
+    assert record["data"]["value"] == {"step": 1}
+    writer.delete("plan")
+    assert reader.get_remote(agent_id, "plan", default="gone") == "gone"
+    assert reader.get_remote(agent_id, "never-written") is None
+    assert reader.get_network_record(agent_id, "kv", "never-written") is None
