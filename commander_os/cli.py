@@ -14,10 +14,11 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
-from commander_os.errors import CommanderStorageError, InvalidAgentId
+from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
 __all__ = ["app", "main"]
 
@@ -74,26 +75,32 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     encryption_key_file: KeyFileOpt = None,
 ) -> None:
-    """Show health and sync-queue size of every agent store under DATA_DIR."""
+    """Show health and sync-queue size of every agent store under DATA_DIR.
+
+    Exits 1 when a store cannot be read (damaged, or the wrong encryption key), so it can serve
+    as a health check.
+    """
     from commander_os.config import load_storage_config, read_encryption_key
     from commander_os.storage.inspect import inspect_stores
 
     settings = _with_key_file(load_storage_config(), encryption_key_file)
     reports = inspect_stores(data_dir, encryption_key=read_encryption_key(settings))
+    failed = [report for report in reports if not report["local_db"]]
     if as_json:
         sys.stdout.write(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
+        raise typer.Exit(1 if failed else 0)
     if not reports:
         console.print(f"no agent stores under {data_dir}")
         return
     table = Table(title=f"agent stores under {data_dir}")
-    for column in ("agent", "ok", "schema", "queued", "oldest pending", "dead letters", "size"):
-        table.add_column(column, justify="right" if column != "agent" else "left")
+    for column in ("agent", "path", "ok", "schema", "queued", "oldest pending", "dead", "size"):
+        table.add_column(column, justify="left" if column in ("agent", "path") else "right")
     for report in reports:
         age = report.get("oldest_pending_age")
         table.add_row(
             report["agent_id"],
-            "[green]yes[/]" if report["local_db"] else f"[red]no[/] {report.get('error', '')}",
+            escape(str(Path(report["path"]).parent.relative_to(data_dir))),
+            "[green]yes[/]" if report["local_db"] else "[red]no[/]",
             str(report.get("schema_version", "-")),
             str(report.get("sync_queue_size", "-")),
             "-" if age is None else f"{age:.1f} s",
@@ -101,6 +108,13 @@ def status(
             _size(report.get("size_bytes")),
         )
     console.print(table)
+    for report in failed:
+        err_console.print(
+            f"[red]{escape(report['agent_id'])}[/]: {escape(str(report.get('error', '')))}",
+            highlight=False,
+        )
+    if failed:
+        raise typer.Exit(1)
 
 
 def _dead(count: int | None) -> str:
@@ -167,7 +181,9 @@ def _with_key_file(settings: Any, key_file: Path | None) -> Any:
 
 @app.command()
 def query(
-    relay: Annotated[str, typer.Option(help="Relay URL.")] = "http://127.0.0.1:8001",
+    relay: Annotated[
+        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
+    ] = "http://127.0.0.1:8001",
     agent: Annotated[
         list[str] | None, typer.Option("--agent", help="Agent id (repeatable).")
     ] = None,
@@ -323,6 +339,9 @@ def relay_export(
     from commander_os.network.central.transfer import export_records
 
     store = _central_store(config, data_dir, database_url)
+    source = getattr(store, "path", None)
+    if isinstance(source, Path) and not source.exists():
+        raise CentralStoreUnavailable(f"no central store at {source}: check --data-dir / --config")
 
     async def run() -> int:
         async with store:
@@ -502,10 +521,10 @@ def main() -> None:
     """Entry point of the ``commander-os`` console script."""
     try:
         app()
-    except CommanderStorageError as exc:
+    except (CommanderStorageError, OSError) as exc:
         if os.environ.get("COMMANDER_OS_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -251,6 +252,9 @@ def _env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> dict[s
             continue
         if field.annotation is not str and raw.strip()[:1] in ("[", "{"):
             overrides[name] = yaml.safe_load(raw)
+        elif typing.get_origin(field.annotation) is list:
+            # COMMANDER_OS_HTPC_URLS=http://a:8001,http://b:8001 (a YAML list works as well)
+            overrides[name] = [item.strip() for item in raw.split(",") if item.strip()]
         else:
             overrides[name] = raw
     return overrides
@@ -279,7 +283,7 @@ def _load(
 ) -> _Model:
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    source = "defaults"
+    source = "defaults and command-line options"
     if path is not None:
         values.update(_read_yaml(Path(path), section))
         source = str(path)

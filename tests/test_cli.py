@@ -62,3 +62,52 @@ def test_demo_runs_two_agents_through_a_real_relay(tmp_path: Path) -> None:
     assert "scout reads planner's mission from the relay" in result.stdout
     assert "['findings/room-2']" in result.stdout
     assert "the relay holds 4 records from 2 agents" in result.stdout
+
+
+def test_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    from commander_os.network.process import RelayProcess
+
+    with RelayProcess(data_dir=tmp_path / "first") as relay:
+        port = str(relay.port)
+        for args in (
+            ("relay", "serve", "--port", port, "--data-dir", str(tmp_path / "second")),
+            ("demo", "--port", port, "--no-keep-running", "--data-dir", str(tmp_path / "demo")),
+        ):
+            result = run_cli(*args, cwd=tmp_path)
+            assert result.returncode == 1, args
+            assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in (
+                result.stderr
+            )
+            assert "Traceback" not in result.stderr
+
+
+def test_relay_errors_reach_the_user_with_their_explanation(tmp_path: Path) -> None:
+    from commander_os.network.process import RelayProcess
+
+    with RelayProcess(data_dir=tmp_path / "relay") as relay:
+        result = run_cli("query", "--relay", relay.url, "--where", "value.theme like dark")
+    assert result.returncode == 1
+    assert "422" in result.stderr
+    assert "where.0.op" in result.stderr  # the relay's detail, not only its error code
+    assert "Traceback" not in result.stderr
+
+
+def test_export_refuses_a_folder_without_a_central_store(tmp_path: Path) -> None:
+    missing = tmp_path / "no-relay-here"
+    result = run_cli("relay", "export", "--data-dir", str(missing), "--out", str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert "no central store" in result.stderr
+    assert not missing.exists()
+
+
+def test_status_lists_an_unreadable_store_and_fails(tmp_path: Path) -> None:
+    store = AgentStorage("good", tmp_path / "good", enable_htpc=False)
+    store.close()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "bad.db").write_bytes(b"not a database " * 40)
+    result = run_cli("status", "--data-dir", str(tmp_path), "--json")
+    assert result.returncode == 1
+    reports = {report["agent_id"]: report for report in json.loads(result.stdout)}
+    assert reports["good"]["local_db"] is True
+    assert reports["bad"]["local_db"] is False
+    assert reports["bad"]["error"]

@@ -209,3 +209,13 @@ def test_acceptable_agent_ids(tmp_path: Path, agent_id: str) -> None:
     with AgentStorage(agent_id, tmp_path, enable_htpc=False) as storage:
         assert storage.db_path == tmp_path / f"{agent_id}.db"
         assert storage.db_path.parent == tmp_path
+
+
+def test_relay_url_list_from_the_environment_comma_separated_or_yaml() -> None:
+    urls = ["http://127.0.0.1:8002", "http://127.0.0.1:8003"]
+    comma = load_storage_config(environ={"COMMANDER_OS_HTPC_URLS": ",".join(urls)})
+    assert comma.htpc_urls == urls
+    listed = load_storage_config(environ={"COMMANDER_OS_HTPC_URLS": f"[{urls[0]}, {urls[1]}]"})
+    assert listed.htpc_urls == urls
+    with pytest.raises(ConfigError, match="COMMANDER_OS_HTPC_URLS"):
+        load_storage_config(environ={"COMMANDER_OS_HTPC_URLS": "ftp://x"})

@@ -218,6 +218,9 @@ def _decode(response: httpx.Response) -> Any:
     message = f"relay answered {status} to {response.request.method} {response.request.url.path}"
     if reason:
         message += f": {reason}"
+    if detail and detail != reason:
+        shown = "; ".join(map(str, detail)) if isinstance(detail, list) else str(detail)
+        message += f" ({shown[:500]})"
     if status == 429 or status >= 500:
         raise RelayUnavailable(message)
     if status in (404, 405):

@@ -22,6 +22,8 @@ import threading
 from collections import deque
 from pathlib import Path
 
+from commander_os.errors import RelayError
+
 __all__ = ["RelayProcess"]
 
 _LISTENING = re.compile(r"listening on (https?://\S+)")
@@ -84,7 +86,8 @@ class RelayProcess:
         threading.Thread(target=self._pump, args=(self._process, found), daemon=True).start()
         if not found.wait(self.start_timeout) or not self.url:
             self.kill()
-            raise RuntimeError("relay did not start:\n" + "\n".join(self.output))
+            reason = self.output[-1] if self.output else "no output"
+            raise RelayError(f"relay did not start: {reason}")
         # Keep the port, so a restart comes back at the same address.
         self.port = int(self.url.rsplit(":", 1)[1].split("/")[0])
         return self.url

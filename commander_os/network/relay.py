@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import html
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -588,7 +590,10 @@ async def _run_server(
             **tls,
         )
     )
-    task = asyncio.create_task(server.serve())
+    # Bind here rather than in uvicorn: a busy port then raises one clear OSError instead of
+    # uvicorn's sys.exit(1) buried in a task traceback.
+    sock = _bind(config.host, config.port)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started:
@@ -601,6 +606,23 @@ async def _run_server(
     await task
     if not server.started:
         raise OSError(f"relay could not start on {config.host}:{config.port}")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port``, or an OSError that says what is wrong."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bare, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(f"cannot listen on {host}:{port}: the port is already in use") from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(config: RelayConfig) -> None:

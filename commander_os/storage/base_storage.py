@@ -420,6 +420,8 @@ class BaseStorage:
         or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
         key, data, version, ts, deleted``). Raises :class:`~commander_os.errors.RelayError`.
         """
+        if isinstance(where, tuple) and len(where) == 3 and isinstance(where[0], str):
+            where = [where]  # one ("field", "op", value) clause given without its list
         clauses = [
             dict(clause)
             if isinstance(clause, Mapping)

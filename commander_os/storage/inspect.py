@@ -51,8 +51,10 @@ def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
         return False
     try:
         return conn.execute(IS_AGENT_STORE).fetchone() is not None
-    except db.Error:
-        return False
+    except db.DatabaseError:
+        # Damaged, or not a database at all: a *.db file in an agent folder that cannot be
+        # read must show up in status as not OK, never vanish from the report.
+        return True
     finally:
         conn.close()
 
