@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         console.log(message, markup=False)
 
+    # Before the run: the code measured is the code checked out when it started.
+    found_versions = versions()
     owned = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="commander-bench-")) if owned else args.workdir
     try:
@@ -134,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode=mode,
             sizes=sizes.to_json(),
             machine=machine,
-            versions=versions(),
+            versions=found_versions,
             pinning=pinning,
             notes=NOTES,
         )
