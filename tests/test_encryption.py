@@ -344,15 +344,16 @@ def test_cli_status_reads_encrypted_stores_with_the_key_file(
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
 
-    def status(*extra: str) -> dict[str, Any]:
+    def status(*extra: str, exit_code: int = 0) -> dict[str, Any]:
         result = subprocess.run(
             [sys.executable, "-m", "commander_os", "status", "--json", *extra],
             capture_output=True,
             text=True,
             timeout=60,
-            check=True,
+            check=False,
             env={k: v for k, v in os.environ.items() if k != "COMMANDER_OS_ENCRYPTION_KEY"},
         )
+        assert result.returncode == exit_code, result.stderr
         assert KEY not in result.stdout + result.stderr
         (report,) = json.loads(result.stdout)
         return dict(report)
@@ -361,7 +362,7 @@ def test_cli_status_reads_encrypted_stores_with_the_key_file(
     assert unlocked["local_db"] is True
     assert unlocked["encrypted"] is True
     assert unlocked["schema_version"] >= 1
-    locked = status("--data-dir", str(encrypted_store))
+    locked = status("--data-dir", str(encrypted_store), exit_code=1)  # unreadable: not healthy
     assert locked["local_db"] is False
     assert "is encrypted" in locked["error"]
 
