@@ -91,7 +91,8 @@ def format_ts(moment: datetime | float) -> str:
         moment = datetime.fromtimestamp(moment, tz=UTC)
     elif moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime; "+00:00" becomes the shorter "Z".
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class _Strict(BaseModel):

@@ -11,11 +11,12 @@ This module is SQL only; :mod:`commander_os.storage.sync` does the shipping.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -79,7 +80,8 @@ def split_internal_schema() -> list[str]:
 
 
 SELECT_PENDING = (
-    "SELECT seq, tbl, pk, op, attempts, enqueued_at FROM _sync_queue ORDER BY seq LIMIT ?"
+    "SELECT seq, tbl, pk, op, attempts, enqueued_at FROM _sync_queue WHERE seq > ? "
+    "ORDER BY seq LIMIT ?"
 )
 COUNT_QUEUE = "SELECT COUNT(*) FROM _sync_queue"
 COUNT_DEAD = "SELECT COUNT(*) FROM _dead_letters"
@@ -117,8 +119,7 @@ class SyncedTable:
             validate_table_name(column)
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     """One queued change: which row of which table, and what happened to it."""
 
     seq: int
@@ -129,8 +130,7 @@ class OutboxRow:
     enqueued_at: float
 
 
-@dataclass(frozen=True)
-class PendingChange:
+class PendingChange(NamedTuple):
     """The newest state of one changed row, ready to ship (``data`` is None for a delete)."""
 
     seqs: tuple[int, ...]  # every outbox row this change covers
@@ -235,9 +235,9 @@ def oldest_pending_time(conn: sqlite3.Connection) -> float | None:
     return None if value is None else float(value)
 
 
-def pending(conn: sqlite3.Connection, limit: int) -> list[OutboxRow]:
-    """The oldest ``limit`` queued changes, in the order they were written."""
-    return [OutboxRow(*row) for row in conn.execute(SELECT_PENDING, (limit,))]
+def pending(conn: sqlite3.Connection, limit: int, *, after_seq: int = 0) -> list[OutboxRow]:
+    """The oldest ``limit`` queued changes after ``after_seq``, in the order they were written."""
+    return list(map(OutboxRow._make, conn.execute(SELECT_PENDING, (after_seq, limit))))
 
 
 def wire_key(pk_values: Sequence[Any]) -> str:
@@ -249,54 +249,92 @@ def wire_key(pk_values: Sequence[Any]) -> str:
 
 
 def load_changes(
-    conn: sqlite3.Connection, rows: Iterable[OutboxRow], tables: dict[str, SyncedTable]
+    conn: sqlite3.Connection,
+    rows: Iterable[OutboxRow],
+    tables: dict[str, SyncedTable],
+    *,
+    embed_json: bool = False,
 ) -> list[PendingChange]:
     """Coalesce ``rows`` per changed row and read each row's current data.
 
     Call inside one read transaction together with :func:`pending` so that the data matches
     the queue. A row that no longer exists ships as a delete, whatever its queued ``op``.
+    With ``embed_json`` the JSON columns stay encoded (``orjson.Fragment``), ready to be
+    embedded in a request without being parsed and serialised again.
     """
     grouped: dict[tuple[str, str], list[OutboxRow]] = {}
     for row in rows:
         grouped.setdefault((row.table, row.pk), []).append(row)
-    changes = []
-    for (table_name, pk), group in grouped.items():
-        pk_values = orjson.loads(pk)
+    keys_by_table: dict[str, list[str]] = {}
+    for table_name, pk in grouped:
+        keys_by_table.setdefault(table_name, []).append(pk)
+    current: dict[tuple[str, str], dict[str, Any]] = {}
+    for table_name, pks in keys_by_table.items():
         table = tables.get(table_name)
-        data = _read_row(conn, table, pk_values) if table is not None else None
-        changes.append(
-            PendingChange(
-                seqs=tuple(row.seq for row in group),
-                table=table_name,
-                key=wire_key(pk_values),
-                data=data,
-                attempts=max(row.attempts for row in group),
-                written_at=group[-1].enqueued_at,
-            )
+        if table is not None:
+            for pk, data in _read_rows(conn, table, pks, embed_json):
+                current[table_name, pk] = data
+    changes = [
+        PendingChange(
+            tuple(row.seq for row in group),
+            table_name,
+            wire_key(orjson.loads(pk)),
+            current.get((table_name, pk)),
+            max(row.attempts for row in group),
+            group[-1].enqueued_at,
         )
-    changes.sort(key=lambda change: change.seq)
+        for (table_name, pk), group in grouped.items()
+    ]
+    changes.sort(key=lambda change: change.seqs[-1])
     return changes
 
 
-def _read_row(
-    conn: sqlite3.Connection, table: SyncedTable, pk_values: Sequence[Any]
-) -> dict[str, Any] | None:
-    where = " AND ".join(f"{_quote(column)} IS ?" for column in table.primary_key)
-    cursor = conn.execute(f"SELECT * FROM {_quote(table.name)} WHERE {where}", tuple(pk_values))
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    names = [description[0] for description in cursor.description]
-    data = dict(zip(names, row, strict=True))
-    for column in table.json_columns:
-        value = data.get(column)
-        if isinstance(value, (str, bytes)):
-            data[column] = orjson.loads(value)
-    for name, value in data.items():
-        if isinstance(value, bytes):
-            # JSON has no bytes; BLOB columns travel as hex text.
-            data[name] = value.hex()
-    return data
+#: Rows read per statement; the keys travel as one JSON parameter, so any number would bind.
+_READ_CHUNK = 1000
+
+
+@functools.lru_cache(maxsize=256)
+def _select_rows_sql(table: SyncedTable) -> str:
+    """Read rows of ``table`` by a JSON array of primary keys, tagged with their outbox ``pk``.
+
+    ``json_array(pk columns)`` is exactly what the capture triggers queued, so the first column
+    matches the outbox's text. The keys arrive as one JSON parameter, split by ``json_each``.
+    """
+    columns = [_quote(column) for column in table.primary_key]
+    tag = "json_array(" + ", ".join(columns) + ")"
+    if len(columns) == 1:
+        wanted = f"{columns[0]} IN (SELECT value FROM json_each(?))"
+    else:
+        parts = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+        wanted = f"({', '.join(columns)}) IN (SELECT {parts} FROM json_each(?))"
+    return f"SELECT {tag}, * FROM {_quote(table.name)} WHERE {wanted}"
+
+
+def _read_rows(
+    conn: sqlite3.Connection, table: SyncedTable, pks: list[str], embed_json: bool
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    sql = _select_rows_sql(table)
+    decode = orjson.Fragment if embed_json else orjson.loads
+    for start in range(0, len(pks), _READ_CHUNK):
+        chunk = pks[start : start + _READ_CHUNK]
+        if len(table.primary_key) == 1:
+            # '[["a"],["b"]]' -> '["a","b"]': each queued pk is a one-element JSON array.
+            keys = "[" + ",".join(pk[1:-1] for pk in chunk) + "]"
+        else:
+            keys = "[" + ",".join(chunk) + "]"
+        cursor = conn.execute(sql, (keys,))
+        names = [description[0] for description in cursor.description][1:]
+        for tag, *values in cursor:
+            data = dict(zip(names, values, strict=True))
+            for column in table.json_columns:
+                value = data.get(column)
+                if isinstance(value, (str, bytes)):
+                    data[column] = decode(value)
+            for name, value in data.items():
+                if isinstance(value, bytes):
+                    # JSON has no bytes; BLOB columns travel as hex text.
+                    data[name] = value.hex()
+            yield tag, data
 
 
 def ack(conn: sqlite3.Connection, up_to_seq: int) -> int:

@@ -223,7 +223,7 @@ class SyncWorker:
                 return None
             if any(row.table not in self._tables for row in rows):
                 self._tables = outbox.registered_tables(conn)
-            changes = outbox.load_changes(conn, rows, self._tables)
+            changes = outbox.load_changes(conn, rows, self._tables, embed_json=True)
             epoch = int(conn.execute(SELECT_EPOCH).fetchone()[0])
         finally:
             conn.execute("COMMIT")
