@@ -22,11 +22,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from commander_os.errors import (
     RelayAuthError,
@@ -100,6 +101,15 @@ class ShipLock:
             os.close(fd)
 
 
+class _Batch(NamedTuple):
+    """Changes read from the outbox in one read transaction, ready to ship."""
+
+    changes: list[outbox.PendingChange]
+    epoch: int
+    last_seq: int  # the newest outbox row read
+    full: bool  # the read hit its limit: more rows may follow
+
+
 class SyncWorker:
     """Delivers one store's queued changes to the relay, exactly once in effect."""
 
@@ -133,6 +143,8 @@ class SyncWorker:
         self._acked_seq = 0
         self._reader: sqlite3.Connection | None = None  # for wait_acked(), off the ship lock
         self._reader_lock = threading.Lock()
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetch_conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._kept_for_retry = False
         self.state = WorkerState.IDLE
@@ -171,41 +183,72 @@ class SyncWorker:
         :class:`~commander_os.errors.RelayUnavailable` (nothing changes locally) when the relay
         cannot take them now.
         """
+        return self._ship_batches(limit or self.config.sync_batch_size, batches=1)
+
+    def drain(self, batch_size: int | None = None) -> int:
+        """Ship until the queue is empty; return how many outbox rows were acked.
+
+        While one batch is on the wire the next is read and encoded, so the relay's work and
+        the agent's overlap. Raises like :meth:`sync_once`; what was acked stays acked.
+        """
+        return self._ship_batches(batch_size or self.config.sync_batch_size, batches=None)
+
+    def _ship_batches(self, limit: int, *, batches: int | None) -> int:
         with self._ship_lock:
             if not self._lease.acquire():
                 return 0
             conn = self._connection()
-            batch = self._read_batch(conn, limit or self.config.sync_batch_size)
-            if batch is None:
-                return 0
-            changes, epoch = batch
+            # Once a record is kept for retry, later batches of this run must not move the
+            # acked mark past it (wait_acked would then answer too early).
             self._kept_for_retry = False
-            try:
-                done = self._ship(conn, changes, epoch)
-            except RelayUnavailable as exc:
-                self._failed(exc)
-                raise
-            except (RelayAuthError, RelayProtocolError) as exc:
-                # Bad credentials, or an answer that is not a relay's (htpc_url pointing at
-                # another server): the operator's to fix, not the records' fault. Keep
-                # everything queued, report it in status(), and retry like an outage.
-                self._failed(exc)
-                raise RelayUnavailable(str(exc)) from exc
-            self._succeeded()
-            if not self._kept_for_retry:
-                # Everything up to the batch's newest row is resolved (acked or dead-lettered).
-                # After a partial failure only wait_acked's look at the queue can tell.
-                self._mark_acked(max(change.seq for change in changes))
-            return done
+            batch = self._read_batch(conn, limit)
+            shipped = sent = 0
+            while batch is not None:
+                sent += 1
+                more = batch.full and (batches is None or sent < batches)
+                upcoming = self._prefetch(limit, batch.last_seq) if more else None
+                try:
+                    shipped += self._deliver(conn, batch)
+                except BaseException:
+                    if upcoming is not None and not upcoming.cancel():
+                        upcoming.exception()  # let its read finish; its rows stay queued
+                    raise
+                batch = upcoming.result() if upcoming is not None else None
+                if self._stop.is_set() and batch is not None:
+                    break
+            return shipped
 
-    def drain(self, batch_size: int | None = None) -> int:
-        """Ship until the queue is empty; return how many outbox rows were acked."""
-        total = 0
-        while True:
-            shipped = self.sync_once(batch_size)
-            if not shipped:
-                return total
-            total += shipped
+    def _deliver(self, conn: sqlite3.Connection, batch: _Batch) -> int:
+        try:
+            done = self._ship(conn, batch.changes, batch.epoch)
+        except RelayUnavailable as exc:
+            self._failed(exc)
+            raise
+        except (RelayAuthError, RelayProtocolError) as exc:
+            # Bad credentials, or an answer that is not a relay's (htpc_url pointing at
+            # another server): the operator's to fix, not the records' fault. Keep
+            # everything queued, report it in status(), and retry like an outage.
+            self._failed(exc)
+            raise RelayUnavailable(str(exc)) from exc
+        self._succeeded()
+        if not self._kept_for_retry:
+            # Everything up to the batch's newest row is resolved (acked or dead-lettered).
+            # After a partial failure only wait_acked's look at the queue can tell.
+            self._mark_acked(batch.last_seq)
+        return done
+
+    def _prefetch(self, limit: int, after_seq: int) -> Future[_Batch | None]:
+        """Read the batch after ``after_seq`` on the prefetch thread, with its own connection."""
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"commander-os-prefetch[{self.agent_id}]"
+            )
+        return self._prefetcher.submit(self._prefetch_batch, limit, after_seq)
+
+    def _prefetch_batch(self, limit: int, after_seq: int) -> _Batch | None:
+        if self._prefetch_conn is None:
+            self._prefetch_conn = self._connect()
+        return self._read_batch(self._prefetch_conn, limit, after_seq)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -213,12 +256,12 @@ class SyncWorker:
         return self._conn
 
     def _read_batch(
-        self, conn: sqlite3.Connection, limit: int
-    ) -> tuple[list[outbox.PendingChange], int] | None:
+        self, conn: sqlite3.Connection, limit: int, after_seq: int = 0
+    ) -> _Batch | None:
         # One read transaction, so the rows' data matches the queue entries exactly.
         conn.execute("BEGIN")
         try:
-            rows = outbox.pending(conn, limit)
+            rows = outbox.pending(conn, limit, after_seq=after_seq)
             if not rows:
                 return None
             if any(row.table not in self._tables for row in rows):
@@ -227,7 +270,7 @@ class SyncWorker:
             epoch = int(conn.execute(SELECT_EPOCH).fetchone()[0])
         finally:
             conn.execute("COMMIT")
-        return changes, epoch
+        return _Batch(changes, epoch, rows[-1].seq, len(rows) == limit)
 
     def _record(self, change: outbox.PendingChange, epoch: int) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -385,9 +428,13 @@ class SyncWorker:
             thread.join(timeout)
         with self._ship_lock:
             self._lease.release()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._prefetcher is not None:
+                self._prefetcher.shutdown(wait=True)
+                self._prefetcher = None
+            for conn in (self._conn, self._prefetch_conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._prefetch_conn = None
             self.client.close()
         with self._reader_lock:
             if self._reader is not None:
@@ -398,7 +445,8 @@ class SyncWorker:
     def forget_after_fork(self) -> None:
         """In a forked child: abandon the parent's thread, lock and connections untouched."""
         self._lease.forget()
-        self._conn = None
+        self._conn = self._prefetch_conn = None
+        self._prefetcher = None
         self._reader = None
         self._reader_lock = threading.Lock()
         self._thread = None
@@ -409,7 +457,7 @@ class SyncWorker:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                shipped = self.sync_once()
+                shipped = self.drain()
             except Exception as exc:
                 # RelayError: the relay is away. Anything else (a disk error, a bug) must not
                 # end shipping for good either; both are reported through status().

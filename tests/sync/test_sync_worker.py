@@ -369,3 +369,41 @@ def test_two_workers_on_one_database_only_one_ships(
     assert second.sync_once() == 2
     assert second.status()["shipping"] is True
     assert sorted(k for _, k in relay_records(shared_relay.url, [agent])) == ["a", "b", "c"]
+
+
+def test_pipelined_drain_acks_in_order_and_an_outage_mid_drain_loses_nothing(
+    shared_relay: RelayProcess, tmp_path: Path, make_worker: Callable[..., SyncWorker]
+) -> None:
+    agent = "worker-pipeline"
+    path = queued_store(tmp_path, agent, {f"k{i:04d}": i for i in range(250)})
+    real = httpx.HTTPTransport()
+    queued_while_in_flight: list[int] = []
+    answered = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal answered
+        if answered == 2:  # the third batch meets an outage
+            return httpx.Response(503, content=b'{"error": "busy"}', request=request)
+        response = real.handle_request(request)
+        response.read()
+        answered += 1
+        queued_while_in_flight.append(len(queue_rows(path)))
+        return response
+
+    worker = make_worker(
+        agent, path, shared_relay.url, httpx.Client(transport=_Wrap(handler)), sync_batch_size=100
+    )
+    with pytest.raises(RelayUnavailable):
+        worker.drain()
+    # Two batches acked, in order; the prefetched third was read but stays queued.
+    assert queued_while_in_flight == [250, 150]
+    assert [seq for seq, _ in queue_rows(path)] == list(range(201, 251))
+    with pytest.raises(RelayUnavailable):  # the outage persists: nothing more is acked
+        worker.drain()
+    assert len(queue_rows(path)) == 50
+    answered = 0  # the relay is back
+    assert worker.drain() == 50
+    assert queue_rows(path) == []
+    stored = relay_records(shared_relay.url, [agent])
+    assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(250)]
+    real.close()
