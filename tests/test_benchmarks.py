@@ -104,3 +104,18 @@ def test_sync_figures_cover_every_write(report: dict[str, Any]) -> None:
         assert drain["note"] == "500 queued, 0 left", drain
     lag = next(r for r in report["results"] if r["metric"].startswith("replication lag, steady"))
     assert "never seen" not in lag["note"], lag
+
+
+def test_markdown_table_is_rendered_from_the_report(report: dict[str, Any]) -> None:
+    from benchmarks.markdown import END, START, render, replace_section
+
+    table = render(report)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(report["results"]) + 1  # the header, then one row per result
+    assert report["versions"]["python"] in table
+    readme = f"intro\n{START}\nold table\n{END}\noutro\n"
+    updated = replace_section(readme, table)
+    assert "old table" not in updated
+    assert updated.startswith("intro\n")
+    assert updated.endswith("outro\n")
+    assert table in updated
