@@ -167,3 +167,14 @@ def test_batches_over_the_limit_or_mixing_agents_go_to_the_slow_path() -> None:
     assert fast_batch(too_many, LIMITS) is None
     mixed = orjson.dumps({"agent_id": "agent-a", "records": [{**VALID, "agent_id": "agent-b"}]})
     assert fast_batch(mixed, LIMITS) is None
+
+
+def test_timestamps_shared_by_records_are_checked_for_each_record() -> None:
+    # The fast path remembers converted timestamps within a batch; a bad one is never cached.
+    same = [VALID, {**VALID, "key": "j"}, {**VALID, "key": "i"}]
+    batch = orjson.dumps({"agent_id": "agent-a", "records": same})
+    assert fast_batch(batch, LIMITS) == slow_path(BatchRequest, batch)
+    bad = [VALID, {**VALID, "key": "j", "ts": "2026-11-27T02:33:27"}]
+    assert fast_batch(orjson.dumps({"agent_id": "agent-a", "records": bad}), LIMITS) is None
+    late = [VALID, {**VALID, "key": "j", "version": 0}]
+    assert fast_batch(orjson.dumps({"agent_id": "agent-a", "records": late}), LIMITS) is None
