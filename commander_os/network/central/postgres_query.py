@@ -11,6 +11,23 @@ is assembled from the fixed fragments below. Semantics are the contract's (``cen
   it, so the index only narrows the candidates and never changes the result.
 * ``ne`` is ``NOT coalesce(eq, false)``: rows without the field match it.
 * Strings compare in the "C" collation (code-point order), numbers as JSON numbers.
+
+**Walk first, then the index.** PostgreSQL cannot estimate how many rows a containment test
+matches (documents over 1 KB get no column statistics; ``@>`` falls back to a fixed 1%), so it
+cannot choose between walking the ``rev`` order until the page is full (best when many rows
+match: 0.5 ms for a value held by 10% of 1M rows) and collecting every GIN hit then sorting them
+by ``rev`` (best for rare values; 330 ms when 100k rows match). When the request's other filters
+are served in ``rev`` order by an index (no identity filter: ``records_rev``; one agent and a
+table: ``records_agent_table_rev``) and a clause can use the GIN index, one statement does both:
+
+1. ``hits``: walk the first ``WALK_ROWS_PER_ROW * limit`` candidate rows in ``rev`` order and
+   keep the first ``limit`` that match (it stops as soon as it has them);
+2. only if that window held fewer than ``limit`` matches *and* was full, the GIN-served query
+   (behind an ``OFFSET 0`` fence, so it keeps its own plan) supplies the matches past the
+   window's last ``rev``.
+
+The window is a prefix of the candidates, so the result is the same rows in the same order as
+the plain query, read in one snapshot.
 """
 
 from __future__ import annotations
@@ -25,10 +42,35 @@ from commander_os.network.central.base import decode_cursor, parse_field_path, t
 from commander_os.network.central.sqlite_query import prefix_upper_bound
 from commander_os.network.protocol import FieldFilter, FilterOp, QueryRequest
 
-__all__ = ["SELECT_COLUMNS", "build_query", "filter_sql", "json_text"]
+__all__ = ["SELECT_COLUMNS", "WALK_ROWS_PER_ROW", "build_query", "filter_sql", "json_text"]
 
 SELECT_COLUMNS = "rev, agent_id, tbl, key, version, ts, deleted, data"
 _SELECT = f"SELECT {SELECT_COLUMNS} FROM records"
+#: Candidate rows the ``rev``-order walk examines per row asked for (see the module docstring):
+#: the walk alone answers filters matching at least 1 in this many candidates.
+WALK_ROWS_PER_ROW = 20
+_WALK_THEN_INDEX = f"""
+WITH hits AS MATERIALIZED (
+    SELECT {SELECT_COLUMNS} FROM (
+        SELECT {SELECT_COLUMNS} FROM records WHERE {{base}} ORDER BY rev LIMIT %s
+    ) walk WHERE {{filters}} ORDER BY rev LIMIT %s
+), edge AS MATERIALIZED (
+    SELECT CASE WHEN count(*) = %s THEN max(rev) END AS rev FROM (
+        SELECT rev FROM records WHERE {{base}} ORDER BY rev LIMIT %s
+    ) window_revs
+)
+SELECT {SELECT_COLUMNS} FROM hits
+UNION ALL (
+    SELECT {SELECT_COLUMNS} FROM (
+        SELECT {SELECT_COLUMNS} FROM records WHERE {{base}} AND {{filters}} OFFSET 0
+    ) found
+    WHERE CASE WHEN (SELECT count(*) FROM hits) < %s
+               THEN (SELECT rev FROM edge) IS NOT NULL ELSE false END
+      AND rev > (SELECT rev FROM edge)
+    ORDER BY rev LIMIT %s
+)
+ORDER BY rev LIMIT %s
+"""
 
 _BY_PATH = "(data #> %s::text[])"
 _BY_JSONPATH = "jsonb_path_query_first(data, %s::jsonpath, '{}', true)"
@@ -108,6 +150,11 @@ def _with_index(docs: list[str | None], exact: tuple[str, list[Any]]) -> tuple[s
         return sql, params
     hint = " OR ".join([_CONTAINS_DOC] * len(docs))
     return f"(({hint}) AND {sql})", [*docs, *params]
+
+
+def _uses_index(sql: str) -> bool:
+    """Whether a predicate built here is served by the GIN index (``ne`` never is)."""
+    return sql.startswith("((" + _CONTAINS_DOC)
 
 
 def _doc(field: _Field, value: Any) -> str | None:
@@ -201,6 +248,20 @@ def _identity_filters(request: QueryRequest, where: list[str], params: list[Any]
             params.append(upper)
 
 
+def _walkable(request: QueryRequest) -> bool:
+    """Whether an index returns the request's candidate rows in ``rev`` order, densely.
+
+    A filter the walk would have to skip rows for (a table across agents, several agents, a
+    key range, ``updated_since``) could make it read far more than its window: not walked.
+    """
+    agents = request.agent_ids()
+    if request.key is not None or request.key_prefix or request.updated_since is not None:
+        return False
+    if agents is None:
+        return request.table is None
+    return len(set(agents)) == 1 and request.table is not None
+
+
 def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
     """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev."""
     where: list[str] = []
@@ -214,13 +275,39 @@ def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
     if request.cursor is not None:
         where.append("rev > %s")
         params.append(decode_cursor(request.cursor))
+    filters: list[str] = []
+    filter_params: list[Any] = []
     for clause in request.where:
         sql, extra = filter_sql(clause)
-        where.append(sql)
-        params += extra
+        filters.append(sql)
+        filter_params += extra
+    if any(_uses_index(sql) for sql in filters) and _walkable(request):
+        return _walk_then_index(where, params, filters, filter_params, limit)
+    where += filters
+    params += filter_params
     text = _SELECT
     if where:
         text += " WHERE " + " AND ".join(where)
     text += " ORDER BY rev LIMIT %s"
     params.append(limit)
+    return text, params
+
+
+def _walk_then_index(
+    base: list[str],
+    base_params: list[Any],
+    filters: list[str],
+    filter_params: list[Any],
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The two-step statement of the module docstring (``base`` may be empty)."""
+    base_sql = " AND ".join(base) or "true"
+    window = WALK_ROWS_PER_ROW * limit
+    text = _WALK_THEN_INDEX.format(base=base_sql, filters=" AND ".join(filters))
+    params = [
+        *base_params, window, *filter_params, limit,  # hits
+        window, *base_params, window,  # edge
+        *base_params, *filter_params, limit, limit,  # found
+        limit,
+    ]  # fmt: skip
     return text, params
