@@ -133,7 +133,12 @@ def _one_line(exc: BaseException) -> str:
 
 def _check_storable(records: list[EncodedRecord]) -> None:
     for index, rec in enumerate(records):
-        if "\x00" in rec.key or (rec.data is not None and _NUL_ESCAPE.search(rec.data)):
+        data = rec.data
+        # The substring test first: the regex alone tried every position of every value and
+        # took half the relay's CPU on ingest; without the substring it cannot match.
+        if "\x00" in rec.key or (
+            data is not None and "\\u0000" in data and _NUL_ESCAPE.search(data)
+        ):
             raise ValueError(
                 f"records[{index}] ({rec.table}/{rec.key[:40]!r}): PostgreSQL cannot store the "
                 "character U+0000 in keys or JSON values"
