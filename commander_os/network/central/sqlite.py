@@ -59,6 +59,11 @@ LOOKUP_CHUNK = 500
 #: Records merged into one transaction at most; bounds the time one commit holds the lock.
 MAX_GROUP_RECORDS = 20_000
 READER_THREADS = 4
+#: Readers map the whole file (SQLite caps this at its compile-time limit, 2 GiB by default;
+#: SQLCipher ignores it). A filter walks an agent's rows spread over the file; reaching them
+#: through the map rather than read() into a 64 MiB page cache, at 1M records: 0.23 instead
+#: of 0.65 us a row with 4 KiB pages, 0.17 instead of 0.35 us with 16 KiB pages.
+READER_MMAP_BYTES = 1 << 40
 #: Page size of new (unencrypted) stores. Records are ~1 KB: 16 KiB pages hold a dozen, where
 #: 4 KiB pages held three and wasted a sixth of each; ingest writes ~30% less CPU per record.
 PAGE_SIZE = 16384
@@ -421,6 +426,7 @@ class SQLiteCentralStore(CentralStore):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect(writer=False)
+            conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
             conn.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
             self._local.conn = conn
             with self._lock:
