@@ -17,13 +17,16 @@ With an ``encryption_key`` every connection opens the file through SQLCipher (se
 from __future__ import annotations
 
 import asyncio
+import operator
 import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import compress, count, repeat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,6 +185,16 @@ class _Plan:
     applied: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
+# Field getters of EncodedRecord that run in C (the writer touches every record of a group).
+_IDENT = operator.itemgetter(0, 2, 1)  # (agent_id, key, table)
+_AGENT = operator.itemgetter(0)
+_AGENT_TABLE = operator.itemgetter(0, 1)
+_VERSION = operator.itemgetter(3)
+_DELETED = operator.itemgetter(5)
+_JOB = operator.itemgetter(0)
+_RECORD = operator.itemgetter(1)
+
+
 def _newest(
     group: list[_Job],
 ) -> tuple[dict[_Identity, tuple[int, EncodedRecord]], dict[str, int]]:
@@ -190,11 +203,25 @@ def _newest(
     winners: dict[_Identity, tuple[int, EncodedRecord]] = {}
     highest: dict[str, int] = {}
     for index, job in enumerate(group):
-        for rec in job.records:
-            ident = (rec.agent_id, rec.key, rec.table)
-            held = winners.get(ident)
-            if held is None or rec.version > held[1].version:
-                winners[ident] = (index, rec)
+        records = job.records
+        # The common case in C: no identity repeats, within the job or with earlier jobs.
+        mine = dict(zip(map(_IDENT, records), zip(repeat(index), records), strict=True))
+        if len(mine) == len(records) and winners.keys().isdisjoint(mine):
+            winners.update(mine)
+        else:
+            for rec in records:
+                ident = _IDENT(rec)
+                held = winners.get(ident)
+                if held is None or rec.version > held[1].version:
+                    winners[ident] = (index, rec)
+        agents = set(map(_AGENT, records))
+        if len(agents) == 1:
+            (agent,) = agents
+            top = max(map(_VERSION, records))
+            if top > highest.get(agent, 0):
+                highest[agent] = top
+            continue
+        for rec in records:
             if rec.version > highest.get(rec.agent_id, 0):
                 highest[rec.agent_id] = rec.version
     return winners, highest
@@ -310,23 +337,35 @@ class _Writer(threading.Thread):
         """Decide each winner against the stored row: insert, update (newer) or ignore."""
         plan = _Plan(next_rev=self.next_rev)
         # Sorted by the unique index's order (ARCHITECTURE §9): inserts land in index order.
-        for ident in sorted(winners):
-            index, rec = winners[ident]
-            old = existing.get(ident)
-            if old is not None and old[1] >= rec.version:
-                continue  # stale or duplicate: ignored
-            rev = plan.next_rev
-            plan.next_rev += 1
-            live = 0 if rec.deleted else 1
-            if old is None:
-                plan.inserts.append((rev, *rec))  # EncodedRecord's fields are the columns
-            else:
+        idents = sorted(winners)
+        fresh = [i for i in idents if i not in existing] if existing else idents
+        # Identities not stored yet (the bulk of an ingest): inserted and applied, in C.
+        chosen = list(map(winners.__getitem__, fresh))
+        records = list(map(_RECORD, chosen))
+        # (rev,) + record: EncodedRecord's fields are the columns after rev.
+        plan.inserts = list(map(operator.add, zip(count(plan.next_rev)), records))
+        plan.next_rev += len(records)
+        # Every applied (agent, table) gets a count row, even when its delta is 0 (tombstones).
+        live = Counter(dict.fromkeys(map(_AGENT_TABLE, records), 0))
+        live.update(
+            map(_AGENT_TABLE, compress(records, map(operator.not_, map(_DELETED, records))))
+        )
+        applied = Counter(zip(map(_JOB, chosen), map(_AGENT, records), strict=True))
+        if existing:
+            for ident in idents:
+                old = existing.get(ident)
+                if old is None:
+                    continue  # inserted above
+                index, rec = winners[ident]
+                if old[1] >= rec.version:
+                    continue  # stale or duplicate: ignored
+                rev = plan.next_rev
+                plan.next_rev += 1
                 plan.updates.append((rev, rec.version, rec.ts_us, rec.deleted, rec.data, old[0]))
-                live -= 0 if old[2] else 1
-            counted = (rec.agent_id, rec.table)
-            plan.live_delta[counted] = plan.live_delta.get(counted, 0) + live
-            applied_key = (index, rec.agent_id)
-            plan.applied[applied_key] = plan.applied.get(applied_key, 0) + 1
+                live[(rec.agent_id, rec.table)] += (0 if rec.deleted else 1) - (0 if old[2] else 1)
+                applied[(index, rec.agent_id)] += 1
+        plan.live_delta = dict(live)
+        plan.applied = dict(applied)
         return plan
 
 
