@@ -15,11 +15,14 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/commander-os demo
 
+# The PostgreSQL tests run whenever a server is reachable (scripts/postgres-url starts the
+# local one, and says loudly when there is none).
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/lint-imports
+	COMMANDER_OS_TEST_DATABASE_URL="$$(scripts/postgres-url)" $(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/commander-os bench

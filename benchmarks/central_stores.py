@@ -28,8 +28,8 @@ import httpx
 import orjson
 import psycopg
 
-from commander_os.network.process import RelayProcess
-from commander_os.network.protocol import format_ts
+from commander_os.protocol import format_ts
+from commander_os.relay import RelayProcess
 
 
 def _batch(agent: str, start: int, size: int) -> bytes:

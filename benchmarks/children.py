@@ -109,7 +109,7 @@ def _bodies(agent_id: str, batches: int, size: int) -> list[bytes]:
     import zstandard
 
     from benchmarks import workload
-    from commander_os.network.protocol import format_ts
+    from commander_os.protocol import format_ts
 
     compressor = zstandard.ZstdCompressor(level=1)  # as RelayClient does
     now = format_ts(time.time())

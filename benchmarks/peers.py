@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from commander_os.storage.agent_storage import AgentStorage, _prefix_end
+from commander_os.identifiers import prefix_upper_bound as _prefix_end
+from commander_os.storage.agent_storage import AgentStorage
 
 __all__ = [
     "DiskCacheKV",

@@ -34,10 +34,10 @@ from benchmarks import workload
 from benchmarks.core import Result, Stats, Target
 from benchmarks.sizes import Sizes
 from benchmarks.sync import _child, _taskset
-from commander_os.network.central import CentralStore, SQLiteCentralStore
-from commander_os.network.client import RelayClient
-from commander_os.network.process import RelayProcess
-from commander_os.network.protocol import ChangeRecord, QueryRequest
+from commander_os.protocol import ChangeRecord, QueryRequest
+from commander_os.relay import RelayProcess
+from commander_os.relay.central import CentralStore, SQLiteCentralStore
+from commander_os.storage import RelayClient
 
 __all__ = ["run_relay"]
 
@@ -67,7 +67,7 @@ def _postgres_backend(workdir: Path, url: str) -> Backend:
     """Every tag gets its own schema, dropped at cleanup."""
     import psycopg
 
-    from commander_os.network.central import PostgresCentralStore
+    from commander_os.relay.central import PostgresCentralStore
 
     workdir.mkdir(parents=True, exist_ok=True)
     schemas: list[str] = []

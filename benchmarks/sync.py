@@ -23,7 +23,7 @@ from benchmarks import workload
 from benchmarks.core import Result, Stats, Target
 from benchmarks.local import dead_url
 from benchmarks.sizes import Sizes
-from commander_os.network.process import RelayProcess
+from commander_os.relay import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 __all__ = ["run_sync"]

@@ -20,7 +20,7 @@ from rich.table import Table
 from commander_os import __version__
 from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run_relay_command"]
 
 app = typer.Typer(
     name="commander-os",
@@ -69,8 +69,8 @@ def _root(
 # ------------------------------------------------------------------------------ status
 
 
-@app.command()
-def status(
+@app.command("status")
+def _status(
     data_dir: DataDir = Path("./data/agents"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     encryption_key_file: KeyFileOpt = None,
@@ -81,7 +81,7 @@ def status(
     as a health check.
     """
     from commander_os.config import load_storage_config, read_encryption_key
-    from commander_os.storage.inspect import inspect_stores
+    from commander_os.storage._inspect import inspect_stores
 
     settings = _with_key_file(load_storage_config(), encryption_key_file)
     reports = inspect_stores(data_dir, encryption_key=read_encryption_key(settings))
@@ -136,8 +136,8 @@ def _size(size: int | None) -> str:
 # -------------------------------------------------------------------------------- sync
 
 
-@app.command()
-def sync(
+@app.command("sync")
+def _sync(
     data_dir: DataDir = Path("./data/agents"),
     config: ConfigOpt = None,
     relay: Annotated[str | None, typer.Option(help="Relay URL (default: from config).")] = None,
@@ -147,7 +147,7 @@ def sync(
     from rich.progress import Progress
 
     from commander_os.config import load_storage_config, read_encryption_key
-    from commander_os.storage.inspect import drain_store, find_stores
+    from commander_os.storage._inspect import drain_store, find_stores
 
     settings = load_storage_config(config, overrides={"htpc_url": relay})
     settings = _with_key_file(settings, encryption_key_file)
@@ -179,8 +179,8 @@ def _with_key_file(settings: Any, key_file: Path | None) -> Any:
 # ------------------------------------------------------------------------------- query
 
 
-@app.command()
-def query(
+@app.command("query")
+def _query(
     relay: Annotated[
         str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
     ] = "http://127.0.0.1:8001",
@@ -208,7 +208,7 @@ def query(
     ] = None,
 ) -> None:
     """Query records of any agent on the relay."""
-    from commander_os.network.client import RelayClient
+    from commander_os.storage._delivery.client import RelayClient
 
     clauses = [_parse_where(text) for text in where or []]
     agents: Any = agent[0] if agent and len(agent) == 1 else agent
@@ -263,7 +263,7 @@ def _parse_where(text: str) -> dict[str, Any]:
 
 
 @relay_app.command("serve")
-def relay_serve(
+def _relay_serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
@@ -277,7 +277,7 @@ def relay_serve(
 ) -> None:
     """Run the relay (the embedded SQLite central store unless --database-url is given)."""
     from commander_os.config import load_relay_config
-    from commander_os.network.relay import serve
+    from commander_os.relay import serve
 
     overrides: dict[str, Any] = {"host": host, "port": port, "agent_storage_dir": data_dir}
     if database_url:
@@ -301,7 +301,7 @@ CentralDirOpt = Annotated[
 def _central_store(config: Path | None, data_dir: Path | None, database_url: str | None) -> Any:
     """The (unopened) central store that the relay config and options describe."""
     from commander_os.config import load_relay_config
-    from commander_os.network.central import store_for_config
+    from commander_os.relay.central import store_for_config
 
     overrides: dict[str, Any] = {"agent_storage_dir": data_dir}
     if database_url:
@@ -310,7 +310,7 @@ def _central_store(config: Path | None, data_dir: Path | None, database_url: str
 
 
 @relay_app.command("migrate")
-def relay_migrate(
+def _relay_migrate(
     config: ConfigOpt = None, data_dir: CentralDirOpt = None, database_url: DatabaseUrlOpt = None
 ) -> None:
     """Create or upgrade the central store's schema (the relay also does it when it starts)."""
@@ -327,7 +327,7 @@ def relay_migrate(
 
 
 @relay_app.command("export")
-def relay_export(
+def _relay_export(
     out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
     config: ConfigOpt = None,
     data_dir: CentralDirOpt = None,
@@ -336,7 +336,7 @@ def relay_export(
     """Write every record of the central store (tombstones too) to a JSON-lines file."""
     import asyncio
 
-    from commander_os.network.central.transfer import export_records
+    from commander_os.relay.central._transfer import export_records
 
     store = _central_store(config, data_dir, database_url)
     source = getattr(store, "path", None)
@@ -353,7 +353,7 @@ def relay_export(
 
 
 @relay_app.command("import")
-def relay_import(
+def _relay_import(
     file: Annotated[Path, typer.Argument(help="JSON-lines file written by 'relay export'.")],
     config: ConfigOpt = None,
     data_dir: CentralDirOpt = None,
@@ -362,7 +362,7 @@ def relay_import(
     """Apply an export to the central store; newer records already there win, re-runs are no-ops."""
     import asyncio
 
-    from commander_os.network.central.transfer import ImportResult, import_records
+    from commander_os.relay.central._transfer import ImportResult, import_records
 
     if not file.is_file():
         raise typer.BadParameter(f"{file}: no such file", param_hint="FILE")
@@ -402,7 +402,7 @@ def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path 
     """The secret the relay uses: --secret-file, else relay.secret / COMMANDER_OS_SECRET, else
     <agent_storage_dir>/relay.secret (created if missing, as the relay would on first start)."""
     from commander_os.config import load_relay_config
-    from commander_os.network.auth import load_secret, read_secret_file
+    from commander_os.relay._auth import load_secret, read_secret_file
 
     if secret_file is not None:
         return read_secret_file(secret_file)
@@ -411,7 +411,7 @@ def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path 
 
 
 @token_app.command("create")
-def token_create(
+def _token_create(
     agent_id: Annotated[str, typer.Argument(help="The agent the token writes as.")],
     read_all: Annotated[
         bool, typer.Option("--read-all", help="May read every agent (the default).")
@@ -431,7 +431,7 @@ def token_create(
     secret_file: SecretFileOpt = None,
 ) -> None:
     """Print a signed token for AGENT_ID (pass it to the agent as htpc_token or token_file)."""
-    from commander_os.network.auth import issue_token, parse_expiry
+    from commander_os.relay._auth import issue_token, parse_expiry
 
     if read_all and read is not None:
         raise typer.BadParameter("give --read-all or --read, not both", param_hint="--read")
@@ -448,14 +448,14 @@ def token_create(
 
 
 @token_app.command("verify")
-def token_verify(
+def _token_verify(
     token: Annotated[str, typer.Argument(help="The token to check.")],
     config: ConfigOpt = None,
     data_dir: RelayDirOpt = None,
     secret_file: SecretFileOpt = None,
 ) -> None:
     """Check a token against the relay secret and print what it grants (exit 1 if invalid)."""
-    from commander_os.network.auth import describe_expiry, verify_token
+    from commander_os.relay._auth import describe_expiry, verify_token
 
     claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
     readable = claims.readable()
@@ -469,8 +469,8 @@ def token_verify(
 # -------------------------------------------------------------------------------- demo
 
 
-@app.command()
-def demo(
+@app.command("demo")
+def _demo(
     port: Annotated[int, typer.Option(help="Relay port (0 picks a free one).")] = 8001,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where to keep data.")] = Path(
         "./data/demo"
@@ -480,7 +480,7 @@ def demo(
     ] = True,
 ) -> None:
     """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data."""
-    from commander_os.demo import run_demo
+    from commander_os._demo import run_demo
 
     run_demo(port=port, data_dir=data_dir, keep_running=keep_running, console=console)
 
@@ -488,8 +488,8 @@ def demo(
 # ------------------------------------------------------------------------------- bench
 
 
-@app.command()
-def bench(
+@app.command("bench")
+def _bench(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes (seconds).")] = False,
     full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
     only: Annotated[
@@ -526,6 +526,21 @@ def main() -> None:
             raise
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(1)
+
+
+def run_relay_command(argv: list[str]) -> int:
+    """``commander-os relay serve ARGV`` as ``python -m commander_os.network.relay`` runs it:
+    a refusal to start is one line, ``relay: <why>``, and exit status 2."""
+    try:
+        app(args=["relay", "serve", *argv], prog_name="python -m commander_os.network.relay")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    except (CommanderStorageError, OSError) as exc:
+        if os.environ.get("COMMANDER_OS_DEBUG"):
+            raise
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ __all__ = [
     "AGENT_ID_PATTERN",
     "MAX_KEY_BYTES",
     "TABLE_NAME_PATTERN",
+    "prefix_upper_bound",
     "validate_agent_id",
     "validate_key",
     "validate_table_name",
@@ -86,3 +87,23 @@ def validate_key(key: object, *, max_bytes: int = MAX_KEY_BYTES) -> str:
     if "\x00" in key:
         raise InvalidKey(f"key must not contain NUL characters: {key!r:.80}")
     return key
+
+
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (or None).
+
+    Lets ``key >= prefix AND key < bound`` use an index. Keys compare by code point (SQLite's
+    BINARY collation on UTF-8 orders that way, and PostgreSQL's "C" collation), so
+    incrementing the last code point below U+10FFFF is exact; None means "no upper bound".
+
+    >>> prefix_upper_bound("a/")
+    'a0'
+    """
+    while prefix:
+        last = ord(prefix[-1]) + 1
+        if 0xD800 <= last <= 0xDFFF:
+            last = 0xE000  # surrogates cannot be stored; skip over them
+        if last <= 0x10FFFF:
+            return prefix[:-1] + chr(last)
+        prefix = prefix[:-1]
+    return None

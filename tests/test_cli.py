@@ -65,7 +65,7 @@ def test_demo_runs_two_agents_through_a_real_relay(tmp_path: Path) -> None:
 
 
 def test_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
-    from commander_os.network.process import RelayProcess
+    from commander_os.relay._process import RelayProcess
 
     with RelayProcess(data_dir=tmp_path / "first") as relay:
         port = str(relay.port)
@@ -82,7 +82,7 @@ def test_a_busy_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_relay_errors_reach_the_user_with_their_explanation(tmp_path: Path) -> None:
-    from commander_os.network.process import RelayProcess
+    from commander_os.relay._process import RelayProcess
 
     with RelayProcess(data_dir=tmp_path / "relay") as relay:
         result = run_cli("query", "--relay", relay.url, "--where", "value.theme like dark")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from commander_os import _sqlite as db
 from commander_os.config import (
     RelayConfig,
     StorageConfig,
@@ -31,12 +32,11 @@ from commander_os.config import (
     read_encryption_key,
 )
 from commander_os.errors import CentralStoreUnavailable, ConfigError, EncryptionError
-from commander_os.network.central import SQLiteCentralStore
-from commander_os.network.process import RelayProcess
-from commander_os.network.protocol import QueryRequest
-from commander_os.storage import db
+from commander_os.protocol import QueryRequest
+from commander_os.relay._process import RelayProcess
+from commander_os.relay.central import SQLiteCentralStore
+from commander_os.storage._inspect import inspect_store
 from commander_os.storage.agent_storage import AgentStorage
-from commander_os.storage.inspect import inspect_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SENTINEL = "zq-sentinel-4be1-do-not-leak"

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from commander_os.errors import CommanderStorageError
-from commander_os.storage import outbox
+from commander_os.storage import _outbox as outbox
+from commander_os.storage._migrations import Migration
 from commander_os.storage.agent_storage import AgentStorage
 from commander_os.storage.base_storage import BaseStorage
-from commander_os.storage.migrations import Migration
 
 MakeStorage = Callable[..., Any]
 

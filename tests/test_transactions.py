@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from commander_os.errors import ConfigError, StorageBusy, StorageError
+from commander_os.storage import _backup
 from commander_os.storage.agent_storage import AgentStorage
 
 MakeStorage = Callable[..., AgentStorage]
@@ -279,12 +280,12 @@ def test_failed_backup_leaves_no_files(
     storage = make_storage()
     storage.set("a", 1)
 
-    def disk_full(path: Path) -> None:
+    def disk_full(source: object, path: Path, encryption_key: object) -> None:
         path.write_bytes(b"half a copy")
         raise sqlite3.OperationalError("database or disk is full")
 
     # Fault injection: the copy fails half-way, as it would on a full disk.
-    monkeypatch.setattr(storage, "_copy_to", disk_full)
+    monkeypatch.setattr(_backup, "_copy", disk_full)
     with pytest.raises(StorageError, match="disk is full"):
         storage.backup(tmp_path / "full" / "copy.db")
     assert list((tmp_path / "full").iterdir()) == []

@@ -1,3 +1,7 @@
-"""Network side: the wire protocol, the relay client, the relay server and its central stores."""
+"""The seed's ``network`` package: :mod:`commander_os.network.relay` runs the relay.
+
+The relay itself lives in :mod:`commander_os.relay`, the agent's client in
+:mod:`commander_os.storage`, and what they exchange in :mod:`commander_os.protocol`.
+"""
 
 __all__: list[str] = []

@@ -22,10 +22,10 @@ from typing import Any
 import orjson
 
 from commander_os.errors import InvalidKey, ValueTooLarge
-from commander_os.identifiers import validate_key
+from commander_os.identifiers import prefix_upper_bound, validate_key
+from commander_os.storage._migrations import Migration
+from commander_os.storage._outbox import SyncedTable
 from commander_os.storage.base_storage import BaseStorage, run_in_thread
-from commander_os.storage.migrations import Migration
-from commander_os.storage.outbox import SyncedTable
 
 __all__ = ["KV_TABLE", "AgentStorage"]
 
@@ -61,23 +61,6 @@ COUNT = "SELECT COUNT(*) FROM kv"
 # orjson would quietly turn these into strings or objects; a value must round-trip as it was.
 _ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _MISSING = object()
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string that starts with ``prefix``.
-
-    Keys compare as UTF-8 bytes (SQLite's BINARY collation), which orders like code points,
-    so bumping the last code point below U+10FFFF gives the bound. None means "no bound".
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            successor = last + 1
-            if 0xD800 <= successor <= 0xDFFF:
-                successor = 0xE000  # surrogates cannot be stored; skip over them
-            return "".join(chars) + chr(successor)
-    return None
 
 
 def _has_non_finite_float(value: Any) -> bool:
@@ -201,7 +184,7 @@ class AgentStorage(BaseStorage):
         conn = self._require_open()
         if not prefix:
             return conn.execute(all_sql)
-        end = _prefix_end(prefix)
+        end = prefix_upper_bound(prefix)
         if end is None:
             return conn.execute(from_sql, (prefix,))
         return conn.execute(range_sql, (prefix, end))

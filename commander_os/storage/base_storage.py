@@ -13,8 +13,7 @@ Subclass it to give an agent its own schema::
                 conn.execute("INSERT INTO notes VALUES (?, ?)", (note_id, body))
 
 Every change to a synced table lands in the sync queue in the same transaction (triggers), and
-a background :class:`~commander_os.storage.sync.SyncWorker` ships the queue to the relay when
-``enable_htpc`` is on.
+a background sync worker ships the queue to the relay when ``enable_htpc`` is on.
 """
 
 from __future__ import annotations
@@ -23,56 +22,37 @@ import asyncio
 import os
 import sqlite3
 import threading
-import time
-import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
+from commander_os import _sqlite as db
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
-from commander_os.errors import StorageClosed
+from commander_os.errors import ConfigError, StorageClosed
 from commander_os.identifiers import validate_agent_id
-from commander_os.storage import db, outbox
-from commander_os.storage.migrations import Migration, current_version, run_migrations
-from commander_os.storage.outbox import SyncedTable
+from commander_os.storage import _fork, _meta
+from commander_os.storage import _outbox as outbox
+from commander_os.storage._backup import backup_to
+from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
+from commander_os.storage._migrations import Migration, run_migrations
+from commander_os.storage._network_reads import Where, query_filters
+from commander_os.storage._outbox import SyncedTable
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from commander_os.network.client import RelayClient
-    from commander_os.storage.sync import SyncWorker
+    from commander_os.storage._delivery.client import RelayClient
+    from commander_os.storage._delivery.worker import SyncWorker
 
-__all__ = ["DB_SUFFIX", "BaseStorage", "Migration", "SyncedTable"]
+__all__ = ["DB_SUFFIX", "BaseStorage", "Migration", "SyncedTable", "run_in_thread"]
 
 DB_SUFFIX = ".db"
-#: Versions carry ``epoch << 32 | seq``; epochs count seconds from this moment (2025-01-01 UTC)
-#: so that they fit 31 bits for the next sixty-odd years.
-EPOCH_BASE = 1735689600
-#: Start a new epoch before the local sequence number could overflow its 32 bits.
-_SEQ_LIMIT = 2**31
-
-SELECT_META = "SELECT value FROM _sync_meta WHERE key = ?"
-UPSERT_META = (
-    "INSERT INTO _sync_meta (key, value) VALUES (?, ?) "
-    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-SELECT_LAST_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = '_sync_queue'"
-RESET_SEQ = "UPDATE sqlite_sequence SET seq = 0 WHERE name = '_sync_queue'"
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-_live_stores: weakref.WeakSet[BaseStorage] = weakref.WeakSet()
-#: What health_check() reports instead of raising.
-_HEALTH_ERRORS: tuple[type[Exception], ...] = (*db.Error, StorageClosed)
-
-
-def new_epoch(previous: int = 0) -> int:
-    """An epoch greater than ``previous`` and than any epoch begun before now."""
-    return max(previous + 1, int(time.time()) - EPOCH_BASE)
 
 
 class _Closed:
@@ -95,7 +75,9 @@ class BaseStorage:
 
     Raises :class:`~commander_os.errors.InvalidAgentId` before touching the disk if the id is
     not acceptable, :class:`~commander_os.errors.SchemaTooNew` if the database was written by
-    newer code, :class:`~commander_os.errors.EncryptionError` for a wrong or missing key.
+    newer code, :class:`~commander_os.errors.EncryptionError` for a wrong or missing key,
+    :class:`~commander_os.errors.StorageBusy` if another process holds the write lock past
+    ``busy_timeout``.
     """
 
     #: The schema of this storage class, in order (versions 1, 2, 3, ...).
@@ -132,7 +114,7 @@ class BaseStorage:
             self._conn.close()
             raise
         self._pid = os.getpid()
-        _live_stores.add(self)
+        _fork.track(self)
         if self.config.enable_htpc:
             self._start_worker()
 
@@ -161,15 +143,10 @@ class BaseStorage:
 
     def _prepare_schema(self) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with db.write_transaction(conn, "opening the store"):
             for statement in outbox.split_internal_schema():
                 conn.execute(statement)
-            self._ensure_epoch(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            _meta.ensure_epoch(conn)
         run_migrations(conn, self.migrations, where=str(self.db_path))
         with self.transaction() as tx:
             for table in self.synced_tables:
@@ -184,15 +161,6 @@ class BaseStorage:
         for table in outbox.registered_tables(conn).values():
             if table.name not in declared and conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
                 outbox.install_triggers(conn, table)
-
-    def _ensure_epoch(self, conn: sqlite3.Connection) -> None:
-        row = conn.execute(SELECT_META, ("epoch",)).fetchone()
-        last_seq = conn.execute(SELECT_LAST_SEQ).fetchone()
-        if row is None:
-            conn.execute(UPSERT_META, ("epoch", str(new_epoch())))
-        elif last_seq is not None and last_seq[0] >= _SEQ_LIMIT and not outbox.queue_size(conn):
-            conn.execute(UPSERT_META, ("epoch", str(new_epoch(int(row[0])))))
-            conn.execute(RESET_SEQ)
 
     def _register(self, conn: sqlite3.Connection, table: SyncedTable) -> None:
         resolved = outbox.register_table(conn, table)
@@ -274,35 +242,18 @@ class BaseStorage:
         with self._lock:
             conn = self._require_open()
             depth = self._depth
-            savepoint = f"_sp{depth}"
-            try:
-                conn.execute(f"SAVEPOINT {savepoint}" if depth else "BEGIN IMMEDIATE")
-            except db.OperationalError as exc:
-                raise db.translate_error(exc, "cannot start a write transaction") from exc
             self._depth = depth + 1
             try:
-                yield conn
-            except BaseException:
+                if depth:
+                    with _savepoint(conn, depth):
+                        yield conn
+                    return
+                with db.write_transaction(conn, "a write transaction", translate=False):
+                    yield conn
+                seq = self._seq_to_wait_for(conn)
+            finally:
                 self._depth = depth
-                if depth:
-                    conn.execute(f"ROLLBACK TO {savepoint}")
-                    conn.execute(f"RELEASE {savepoint}")
-                elif conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self._depth = depth
-            try:
-                if depth:
-                    conn.execute(f"RELEASE {savepoint}")
-                elif conn.in_transaction:  # the block may have called conn.commit() itself
-                    conn.execute("COMMIT")
-            except db.OperationalError as exc:
-                if conn.in_transaction and not depth:
-                    conn.execute("ROLLBACK")
-                raise db.translate_error(exc, "cannot commit") from exc
-            seq = self._seq_to_wait_for(conn) if not depth else 0
-        if not depth:
-            self._committed(seq)
+        self._committed(seq)
 
     def _write(self, sql: str, params: Any, *, many: bool = False) -> int:
         """Run one write statement in its own transaction (or the caller's); return rowcount.
@@ -318,17 +269,8 @@ class BaseStorage:
                 except db.Error as exc:
                     raise db.translate_error(exc, "write failed") from exc
                 return cursor.rowcount
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except db.Error as exc:
-                raise db.translate_error(exc, "write failed") from exc
+            with db.write_transaction(conn):
+                cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
             rowcount = cursor.rowcount
             seq = self._seq_to_wait_for(conn)
         self._committed(seq)
@@ -337,7 +279,7 @@ class BaseStorage:
     def _seq_to_wait_for(self, conn: sqlite3.Connection) -> int:
         # Only sync_mode="sync" waits for the relay, so only it pays for reading the seq.
         if self.config.sync_mode == "sync" and self._worker is not None:
-            return self._last_seq(conn)
+            return _meta.last_seq(conn)
         return 0
 
     def _committed(self, seq: int) -> None:
@@ -347,14 +289,10 @@ class BaseStorage:
             if seq:
                 worker.wait_acked(seq, self.config.sync_timeout)
 
-    def _last_seq(self, conn: sqlite3.Connection) -> int:
-        row = conn.execute(SELECT_LAST_SEQ).fetchone()
-        return 0 if row is None else int(row[0])
-
     # ------------------------------------------------------------------------- sync queue
 
     def _start_worker(self) -> None:
-        from commander_os.storage.sync import SyncWorker
+        from commander_os.storage._delivery.worker import SyncWorker
 
         self._worker = SyncWorker.for_storage(self)
         self._worker.start()
@@ -386,7 +324,7 @@ class BaseStorage:
         if worker is None:
             return True
         with self._lock:
-            seq = self._last_seq(self._require_open())
+            seq = _meta.last_seq(self._require_open())
         return worker.wait_acked(seq, timeout)
 
     # ------------------------------------------------------------------- network queries
@@ -396,7 +334,7 @@ class BaseStorage:
         """A client for the configured relay(s), for network-wide reads."""
         with self._lock:
             if self._relay is None:
-                from commander_os.network.client import RelayClient
+                from commander_os.storage._delivery.client import RelayClient
 
                 self._relay = RelayClient.from_config(self.config)
             return self._relay
@@ -408,7 +346,7 @@ class BaseStorage:
         table: str | None = None,
         key: str | None = None,
         key_prefix: str | None = None,
-        where: Sequence[Mapping[str, Any] | tuple[str, str, Any]] = (),
+        where: Sequence[Where] | Where = (),
         updated_since: datetime | str | None = None,
         include_deleted: bool = False,
         page_size: int = 100,
@@ -420,29 +358,17 @@ class BaseStorage:
         or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
         key, data, version, ts, deleted``). Raises :class:`~commander_os.errors.RelayError`.
         """
-        if isinstance(where, tuple) and len(where) == 3 and isinstance(where[0], str):
-            where = [where]  # one ("field", "op", value) clause given without its list
-        clauses = [
-            dict(clause)
-            if isinstance(clause, Mapping)
-            else {"field": clause[0], "op": clause[1], "value": clause[2]}
-            for clause in where
-        ]
-        since = updated_since.isoformat() if isinstance(updated_since, datetime) else updated_since
-        agents = agent_id if agent_id is None or isinstance(agent_id, str) else list(agent_id)
-        return list(
-            self.relay.query_all(
-                max_records=max_records,
-                agent_id=agents,
-                table=table,
-                key=key,
-                key_prefix=key_prefix,
-                where=clauses or None,
-                updated_since=since,
-                include_deleted=include_deleted or None,
-                limit=page_size,
-            )
+        filters = query_filters(
+            agent_id=agent_id,
+            table=table,
+            key=key,
+            key_prefix=key_prefix,
+            where=where,
+            updated_since=updated_since,
+            include_deleted=include_deleted,
+            page_size=page_size,
         )
+        return list(self.relay.query_all(max_records=max_records, **filters))
 
     def get_network_record(self, agent_id: str, table: str, key: str) -> dict[str, Any] | None:
         """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
@@ -462,28 +388,16 @@ class BaseStorage:
         ``db_path, schema_version, durability, dead_letters, oldest_pending_age`` and, with
         sync on, ``relay`` (url, reachable, last_sync, last_error).
         """
-        health: dict[str, Any] = {
-            "agent_id": self.agent_id,
-            "local_db": False,
-            "htpc_enabled": self.config.enable_htpc,
-            "sync_queue_size": None,
-            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-            "db_path": str(self.db_path),
-            "durability": self.config.durability,
-            "encrypted": self._encryption_key is not None,
-        }
+        health = seed_keys(self.agent_id, self.config.enable_htpc)
+        health.update(
+            db_path=str(self.db_path),
+            durability=self.config.durability,
+            encrypted=self._encryption_key is not None,
+        )
         try:
             with self._lock:
-                conn = self._require_open()
-                health["sync_queue_size"] = outbox.queue_size(conn)
-                health["dead_letters"] = outbox.dead_letter_count(conn)
-                oldest = outbox.oldest_pending_time(conn)
-                health["schema_version"] = current_version(conn)
-            health["oldest_pending_age"] = (
-                None if oldest is None else max(0.0, time.time() - oldest)
-            )
-            health["local_db"] = True
-        except _HEALTH_ERRORS as exc:
+                health.update(local_health(self._require_open()))
+        except HEALTH_ERRORS as exc:
             health["error"] = str(exc)
         if self._worker is not None:
             health["relay"] = self._worker.status()
@@ -498,33 +412,8 @@ class BaseStorage:
         over anything the original wrote after the backup. The copy of an encrypted store is
         encrypted with the same key. Returns the path written.
         """
-        target = Path(path)
-        self._require_open()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            raise FileExistsError(f"backup target {target} already exists")
-        partial = target.with_name(target.name + ".partial")
-        partial.unlink(missing_ok=True)
-        try:
-            self._copy_to(partial)
-            # link(), unlike rename(), refuses to replace a file created meanwhile.
-            os.link(partial, target)
-        except db.Error as exc:
-            raise db.translate_error(exc, f"backup to {target} failed") from exc
-        finally:
-            partial.unlink(missing_ok=True)
-        return target
-
-    def _copy_to(self, path: Path) -> None:
-        copy = db.open_file(path, encryption_key=self._encryption_key)
-        try:
-            with self._lock:
-                self._require_open().backup(copy)
-            epoch = int(copy.execute(SELECT_META, ("epoch",)).fetchone()[0])
-            copy.execute(UPSERT_META, ("epoch", str(new_epoch(epoch))))
-            copy.execute("PRAGMA journal_mode = DELETE")
-        finally:
-            copy.close()
+        with self._lock:
+            return backup_to(self._require_open(), Path(path), encryption_key=self._encryption_key)
 
     # --------------------------------------------------------------------------- closing
 
@@ -546,7 +435,7 @@ class BaseStorage:
             relay.close()
         with self._lock:
             self._conn.close()
-        _live_stores.discard(self)
+        _fork.track(self, alive=False)
         return _Closed()
 
     def __enter__(self) -> Self:
@@ -584,6 +473,20 @@ class BaseStorage:
                 self._start_worker()
 
 
+@contextmanager
+def _savepoint(conn: sqlite3.Connection, depth: int) -> Iterator[None]:
+    """A nested transaction: an exception inside rolls back only what the block did."""
+    name = f"_sp{depth}"
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
+
+
 async def run_in_thread(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
     """Run a blocking store call off the event loop (what the ``a*`` methods use)."""
     return await asyncio.to_thread(func, *args, **kwargs)
@@ -597,46 +500,4 @@ def _merge_config(config: StorageConfig | None, overrides: dict[str, Any]) -> St
     try:
         return StorageConfig.model_validate({**base, **given})
     except ValueError as exc:
-        from commander_os.errors import ConfigError
-
         raise ConfigError(f"invalid storage settings: {exc}") from None
-
-
-# Stores whose lock the forking thread holds across fork(), released after it in the parent.
-_held_across_fork: list[BaseStorage] = []
-
-
-def _quiesce_before_fork() -> None:
-    # A transaction open in another thread at fork() time would leave the child's SQLite
-    # believing this process still holds the write lock (it cannot tell the parent's lock from
-    # its own), so every write in the child would fail with StorageBusy. So fork() waits until
-    # no thread is inside a store's lock. Taking the locks without blocking, and letting go of
-    # all of them when one is busy, cannot deadlock with a thread that nests two stores.
-    stores = list(_live_stores)
-    while True:
-        for store in stores:
-            if not store._lock.acquire(blocking=False):
-                break
-            _held_across_fork.append(store)
-        else:
-            return
-        _release_after_fork_in_parent()
-        time.sleep(0.001)
-
-
-def _release_after_fork_in_parent() -> None:
-    while _held_across_fork:
-        _held_across_fork.pop()._lock.release()
-
-
-def _reopen_all_after_fork() -> None:
-    _held_across_fork.clear()  # the child gets fresh locks
-    for store in list(_live_stores):
-        store._after_fork_in_child()
-
-
-os.register_at_fork(
-    before=_quiesce_before_fork,
-    after_in_parent=_release_after_fork_in_parent,
-    after_in_child=_reopen_all_after_fork,
-)

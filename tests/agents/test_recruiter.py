@@ -30,10 +30,10 @@ from commander_os.agents.recruiter import (
     RequisitionStatus,
     SchedulingConflict,
 )
-from commander_os.agents.recruiter import sql as recruiter_sql
-from commander_os.agents.recruiter.schema import MIGRATIONS
-from commander_os.errors import RecruiterError
-from commander_os.network.process import RelayProcess
+from commander_os.agents.recruiter import _sql as recruiter_sql
+from commander_os.agents.recruiter._schema import MIGRATIONS
+from commander_os.agents.recruiter.errors import RecruiterError
+from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,13 +16,13 @@ from pg_helpers import database_url, scratch_schema
 from relay_helpers import CONTRACT_MAX_VALUE_BYTES
 
 from commander_os.config import LimitsConfig, RelayConfig
-from commander_os.network.central import (
+from commander_os.relay import create_app
+from commander_os.relay.central import (
     CentralStore,
     PostgresCentralStore,
     SQLiteCentralStore,
     store_for_config,
 )
-from commander_os.network.relay import create_app
 
 CENTRAL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 

@@ -1,8 +1,9 @@
 """PostgreSQL test helpers (tests/network is on sys.path).
 
-The PostgreSQL tests run when ``COMMANDER_OS_TEST_DATABASE_URL`` names a server (``.ci/run`` sets
-it when PostgreSQL is up) and are skipped, with that reason, when it is unset. When it is set and
-the server cannot be reached they fail: CI must not pass by silently skipping them.
+The PostgreSQL tests run when ``COMMANDER_OS_TEST_DATABASE_URL`` names a server (``make test``
+sets it when PostgreSQL is up, starting the local one if needed) and are skipped, with that
+reason, when it is unset. When it is set and the server cannot be reached they fail: CI must not
+pass by silently skipping them.
 
 Each test gets a fresh schema (``scratch_schema``), dropped afterwards, so tests never see each
 other's data.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from commander_os.network.protocol import ChangeRecord
+from commander_os.protocol import ChangeRecord
 
 #: Every store in the contract suite rejects encoded values above this many bytes.
 CONTRACT_MAX_VALUE_BYTES = 64 * 1024

@@ -11,8 +11,8 @@ import pytest
 from relay_helpers import CONTRACT_MAX_VALUE_BYTES, make_record
 
 from commander_os.errors import ValueTooLarge
-from commander_os.network.central import CentralStore, CentralStoreUnavailable, InvalidCursor
-from commander_os.network.protocol import QueryRequest, StoredRecord
+from commander_os.protocol import QueryRequest, StoredRecord
+from commander_os.relay.central import CentralStore, CentralStoreUnavailable, InvalidCursor
 
 pytestmark = pytest.mark.anyio
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relay_helpers import make_record
 
-from commander_os.network.central import CentralStore
-from commander_os.network.protocol import ChangeRecord, QueryRequest
+from commander_os.protocol import ChangeRecord, QueryRequest
+from commander_os.relay.central import CentralStore
 
 KEYS = ["a", "b", "c", "d"]
 TABLES = ["kv", "notes"]

@@ -14,7 +14,7 @@ import pytest
 from pg_helpers import database_url, scratch_schema, with_search_path
 from tcp_proxy import TcpProxy
 
-from commander_os.network.process import RelayProcess
+from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 pytestmark = pytest.mark.postgres

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from commander_os.network.central.base import EncodedRecord
-from commander_os.network.central.postgres import _check_storable
+from commander_os.protocol import EncodedRecord
+from commander_os.relay.central._postgres_store import _check_storable
 
 
 def encoded(data: object, key: str = "k") -> EncodedRecord:

@@ -15,8 +15,8 @@ import orjson
 import pytest
 import zstandard
 
-from commander_os.network.central import CentralStore
-from commander_os.network.protocol import QueryRequest, format_ts
+from commander_os.protocol import QueryRequest, format_ts
+from commander_os.relay.central import CentralStore
 
 pytestmark = pytest.mark.anyio
 

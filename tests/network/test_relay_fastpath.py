@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from commander_os.config import LimitsConfig
-from commander_os.network.central.base import encode_records
-from commander_os.network.protocol import BatchRequest, ChangeRecord
-from commander_os.network.relay_body import RequestProblem, check_records
-from commander_os.network.relay_fastpath import fast_batch, fast_record
+from commander_os.protocol import BatchRequest, ChangeRecord, encode_records
+from commander_os.relay._body import RequestProblem, check_records
+from commander_os.relay._fastpath import fast_batch, fast_record
 
 LIMITS = LimitsConfig(max_value_bytes=2048, max_json_depth=4, max_batch_records=20)
 

@@ -12,8 +12,8 @@ import pytest
 import zstandard
 
 import commander_os
-from commander_os.network.central import CentralStore
-from commander_os.network.protocol import format_ts
+from commander_os.protocol import format_ts
+from commander_os.relay.central import CentralStore
 
 pytestmark = pytest.mark.anyio
 

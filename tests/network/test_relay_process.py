@@ -12,9 +12,9 @@ import httpx
 import orjson
 import zstandard
 
-from commander_os.network.process import RelayProcess
-from commander_os.network.protocol import format_ts
-from commander_os.network.relay import LISTENING_PREFIX
+from commander_os.protocol import format_ts
+from commander_os.relay import LISTENING_PREFIX
+from commander_os.relay._process import RelayProcess
 
 
 def records(count: int, version_base: int = 0) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from pg_helpers import database_url, scratch_schema, with_search_path
 
-from commander_os.network.process import RelayProcess
+from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 pytestmark = pytest.mark.postgres

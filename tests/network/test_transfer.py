@@ -18,11 +18,11 @@ import pytest
 from pg_helpers import database_url, scratch_schema, with_search_path
 from relay_helpers import make_record
 
-from commander_os.network.central import PostgresCentralStore, SQLiteCentralStore
-from commander_os.network.central.base import CentralStore
-from commander_os.network.central.postgres_schema import SCHEMA_VERSION
-from commander_os.network.central.transfer import export_records, import_records, parse_line
-from commander_os.network.protocol import QueryRequest
+from commander_os.protocol import QueryRequest
+from commander_os.relay.central import PostgresCentralStore, SQLiteCentralStore
+from commander_os.relay.central._base import CentralStore
+from commander_os.relay.central._postgres_schema import SCHEMA_VERSION
+from commander_os.relay.central._transfer import export_records, import_records, parse_line
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,8 @@ import pytest
 from security_helpers import SECRET, TEST_LIMITS
 
 from commander_os.config import RelayConfig
-from commander_os.network.central import CentralStore, store_for_config
-from commander_os.network.relay import create_app
+from commander_os.relay import create_app
+from commander_os.relay.central import CentralStore, store_for_config
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from commander_os.config import LimitsConfig
-from commander_os.network.auth import issue_token
-from commander_os.network.protocol import format_ts
+from commander_os.protocol import format_ts
+from commander_os.relay._auth import issue_token
 
 #: The relay secret of the in-process relays; tokens signed with ANOTHER_SECRET are forged.
 SECRET = "test-secret-0123456789abcdef-0123456789"

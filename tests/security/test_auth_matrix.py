@@ -14,8 +14,8 @@ import orjson
 import pytest
 from security_helpers import ANOTHER_SECRET, bearer, record, token
 
-from commander_os.network.central import CentralStore
-from commander_os.network.protocol import ChangeRecord, QueryRequest
+from commander_os.protocol import ChangeRecord, QueryRequest
+from commander_os.relay.central import CentralStore
 
 pytestmark = pytest.mark.anyio
 

@@ -18,9 +18,9 @@ from security_helpers import TEST_LIMITS, bearer, files_under, record, token
 
 from commander_os.config import LimitsConfig, RelayConfig
 from commander_os.errors import InvalidAgentId
-from commander_os.network.central import CentralStore
-from commander_os.network.protocol import ChangeRecord, QueryRequest
-from commander_os.network.relay import create_app
+from commander_os.protocol import ChangeRecord, QueryRequest
+from commander_os.relay import create_app
+from commander_os.relay.central import CentralStore
 from commander_os.storage.agent_storage import AgentStorage
 
 pytestmark = pytest.mark.anyio
@@ -312,7 +312,7 @@ async def test_rate_limit_per_token_answers_429_with_retry_after(tmp_path: Path)
 
 
 async def store_is_empty(config: RelayConfig) -> bool:
-    from commander_os.network.central import store_for_config
+    from commander_os.relay.central import store_for_config
 
     async with store_for_config(config) as store:
         return (await store.query(QueryRequest(include_deleted=True))).records == []

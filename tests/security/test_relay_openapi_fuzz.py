@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from security_helpers import SECRET, TEST_LIMITS, token
 
 from commander_os.config import RelayConfig
-from commander_os.network.relay import create_app
+from commander_os.relay import create_app
 
 _ADMIN = token("fuzz-agent", admin=True)
 #: Examples per operation and mode: 8 operations x 2 modes x this stays well under a minute.

@@ -20,9 +20,9 @@ import trustme
 
 from commander_os.config import RelayConfig, load_storage_config
 from commander_os.errors import ConfigError, RelayAuthError, RelayUnavailable
-from commander_os.network.client import RelayClient
-from commander_os.network.process import RelayProcess
-from commander_os.network.relay import _check_startable
+from commander_os.relay._process import RelayProcess
+from commander_os.relay._server import check_startable
+from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage.agent_storage import AgentStorage
 
 WAIT = 15.0
@@ -168,11 +168,11 @@ def test_tls_failures_fail_closed(
 
 def test_relay_refuses_a_public_address_without_auth_and_says_how_to_fix_it() -> None:
     with pytest.raises(ConfigError, match=r"non-loopback.*auth: true.*token create"):
-        _check_startable(RelayConfig(host="0.0.0.0"))
-    warnings = _check_startable(RelayConfig(host="0.0.0.0", auth=True))
+        check_startable(RelayConfig(host="0.0.0.0"))
+    warnings = check_startable(RelayConfig(host="0.0.0.0", auth=True))
     assert any("tls" in w for w in warnings)
-    assert any("auth is off" in w for w in _check_startable(RelayConfig()))
-    assert _check_startable(RelayConfig(auth=True)) == []
+    assert any("auth is off" in w for w in check_startable(RelayConfig()))
+    assert check_startable(RelayConfig(auth=True)) == []
 
 
 def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:

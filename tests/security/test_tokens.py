@@ -11,8 +11,8 @@ from security_helpers import ANOTHER_SECRET, SECRET
 
 from commander_os.config import RelayConfig
 from commander_os.errors import ConfigError, InvalidAgentId, InvalidToken
-from commander_os.network import auth
-from commander_os.network.auth import issue_token, load_secret, parse_expiry, verify_token
+from commander_os.relay import _auth as auth
+from commander_os.relay._auth import issue_token, load_secret, parse_expiry, verify_token
 
 KEY = SECRET.encode()
 NOW = 1_764_210_000

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sync_helpers import Child
 
-from commander_os.network.process import RelayProcess
+from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 # ----------------------------------------------------------------------------- relays

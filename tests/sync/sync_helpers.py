@@ -19,7 +19,7 @@ import httpx
 import orjson
 import zstandard
 
-from commander_os.network.client import RelayClient
+from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage.agent_storage import AgentStorage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 from sync_helpers import REPO_ROOT, WAIT, relay_records
 
+from commander_os import _sqlite as db
 from commander_os.config import StorageConfig
-from commander_os.network.client import RelayClient
-from commander_os.network.process import RelayProcess
-from commander_os.storage import db
+from commander_os.relay._process import RelayProcess
+from commander_os.storage._delivery.client import RelayClient
+from commander_os.storage._delivery.worker import SyncWorker
 from commander_os.storage.agent_storage import AgentStorage
-from commander_os.storage.sync import SyncWorker
 
 
 def dead_url() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sync_helpers import WAIT, Child, Ledger, compare_with_relay, relay_records, wait_until
 
-from commander_os.network.process import RelayProcess
+from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 MakeAgent = Callable[..., AgentStorage]

@@ -29,8 +29,8 @@ from sync_helpers import (
     relay_records,
 )
 
-from commander_os.network.client import RelayClient
-from commander_os.network.process import RelayProcess
+from commander_os.relay._process import RelayProcess
+from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage.agent_storage import AgentStorage
 
 MakeAgent = Callable[..., AgentStorage]
@@ -124,9 +124,9 @@ from pathlib import Path
 import httpx, orjson, zstandard
 
 from commander_os.config import StorageConfig
-from commander_os.network.client import RelayClient
-from commander_os.storage import db
-from commander_os.storage.sync import SyncWorker
+from commander_os.storage._delivery.client import RelayClient
+from commander_os import _sqlite as db
+from commander_os.storage._delivery.worker import SyncWorker
 
 agent, path, url, kill_after = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 real = httpx.HTTPTransport()

@@ -18,14 +18,14 @@ import pytest
 import zstandard
 from sync_helpers import WAIT, relay_records, wait_until
 
+from commander_os import _sqlite as db
 from commander_os.config import StorageConfig
 from commander_os.errors import RelayError, RelayUnavailable
-from commander_os.network.client import RelayClient
-from commander_os.network.process import RelayProcess
-from commander_os.storage import db
+from commander_os.relay._process import RelayProcess
+from commander_os.storage._delivery.client import RelayClient
+from commander_os.storage._delivery.worker import BACKOFF_START_SECONDS, SyncWorker, _backoff
+from commander_os.storage._inspect import inspect_store
 from commander_os.storage.agent_storage import AgentStorage
-from commander_os.storage.inspect import inspect_store
-from commander_os.storage.sync import BACKOFF_START_SECONDS, SyncWorker, _backoff
 
 
 def dead_url() -> str:

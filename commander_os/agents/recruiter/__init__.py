@@ -9,7 +9,7 @@ commander_os.agents.recruiter.storage_example`` for a walk through all of it wit
 
 from __future__ import annotations
 
-from commander_os.agents.recruiter.models import (
+from commander_os.agents.recruiter._models import (
     PIPELINE,
     UNSET,
     Candidate,
@@ -22,8 +22,7 @@ from commander_os.agents.recruiter.models import (
     allowed_moves,
     normalize_skill,
 )
-from commander_os.agents.recruiter.storage import RecruiterAgentStorage
-from commander_os.errors import (
+from commander_os.agents.recruiter.errors import (
     DuplicateEmail,
     InvalidInput,
     InvalidTransition,
@@ -31,6 +30,7 @@ from commander_os.errors import (
     RecruiterError,
     SchedulingConflict,
 )
+from commander_os.agents.recruiter.storage import RecruiterAgentStorage
 
 __all__ = [
     "PIPELINE",

@@ -2,11 +2,11 @@
 
 This is the worked example of a custom agent store. The recipe it follows:
 
-1. **Declare the schema** as ordered migrations (:mod:`.schema`) and list the tables to sync;
+1. **Declare the schema** as ordered migrations (:mod:`._schema`) and list the tables to sync;
    :class:`~commander_os.storage.base_storage.BaseStorage` applies the migrations and installs
    the outbox triggers, so every change reaches the relay without any code here.
 2. **Validate before writing** (:mod:`.models`): bad input raises a clear error from
-   :mod:`commander_os.errors` before the database is touched.
+   :mod:`.errors` before the database is touched.
 3. **One transaction per operation** (``with self._writing() as conn``, i.e.
    :meth:`~BaseStorage.transaction`, ``BEGIN IMMEDIATE``): checks that read the database (does
    the candidate exist? is the interviewer free?) run inside the same transaction as the write,
@@ -34,8 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from commander_os.agents.recruiter import models, sql
-from commander_os.agents.recruiter.models import (
+from commander_os import _sqlite as db
+from commander_os.agents.recruiter import _models as models
+from commander_os.agents.recruiter import _sql as sql
+from commander_os.agents.recruiter._models import (
     PIPELINE,
     UNSET,
     Candidate,
@@ -56,15 +58,14 @@ from commander_os.agents.recruiter.models import (
     read_time,
     required_text,
 )
-from commander_os.agents.recruiter.schema import MIGRATIONS, SYNCED_TABLES
-from commander_os.errors import (
+from commander_os.agents.recruiter._schema import MIGRATIONS, SYNCED_TABLES
+from commander_os.agents.recruiter.errors import (
     DuplicateEmail,
     InvalidInput,
     InvalidTransition,
     RecordNotFound,
     SchedulingConflict,
 )
-from commander_os.storage import db
 from commander_os.storage.base_storage import BaseStorage
 
 __all__ = ["RecruiterAgentStorage"]
@@ -79,10 +80,10 @@ class RecruiterAgentStorage(BaseStorage):
     ``query_network(table="candidates", where=[("skills", "contains", "python")])``.
 
     Every method either does all of its work in one transaction or raises and changes nothing:
-    :class:`~commander_os.errors.RecordNotFound` for unknown ids,
-    :class:`~commander_os.errors.InvalidInput` (a ``ValueError``) for bad arguments,
-    :class:`~commander_os.errors.DuplicateEmail`, :class:`~commander_os.errors.InvalidTransition`
-    and :class:`~commander_os.errors.SchedulingConflict`.
+    :class:`~.errors.RecordNotFound` for unknown ids,
+    :class:`~.errors.InvalidInput` (a ``ValueError``) for bad arguments,
+    :class:`~.errors.DuplicateEmail`, :class:`~.errors.InvalidTransition`
+    and :class:`~.errors.SchedulingConflict`.
     """
 
     migrations = MIGRATIONS
@@ -136,8 +137,8 @@ class RecruiterAgentStorage(BaseStorage):
 
         Skills are normalised (``" Machine  Learning"`` -> ``"machine learning"``) and
         de-duplicated; the email is lowercased and must be unique. Raises
-        :class:`~commander_os.errors.InvalidInput` or
-        :class:`~commander_os.errors.DuplicateEmail`.
+        :class:`~.errors.InvalidInput` or
+        :class:`~.errors.DuplicateEmail`.
         """
         candidate = self._new_candidate(
             name=name,
@@ -218,7 +219,7 @@ class RecruiterAgentStorage(BaseStorage):
             )
 
     def get_candidate(self, candidate_id: str) -> Candidate:
-        """The candidate with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
+        """The candidate with this id; raises :class:`~.errors.RecordNotFound`."""
         with self.reading() as conn:
             return self._load_candidate(conn, candidate_id)
 
@@ -244,8 +245,8 @@ class RecruiterAgentStorage(BaseStorage):
         """Change the given fields (``None`` clears an optional one); return the candidate.
 
         The status changes only through :meth:`move_candidate`. Raises
-        :class:`~commander_os.errors.RecordNotFound`, :class:`~commander_os.errors.InvalidInput`
-        or :class:`~commander_os.errors.DuplicateEmail`.
+        :class:`~.errors.RecordNotFound`, :class:`~.errors.InvalidInput`
+        or :class:`~.errors.DuplicateEmail`.
         """
         checks: dict[str, tuple[object, Any]] = {
             "name": (name, lambda v: required_text(v, "name")),
@@ -285,7 +286,7 @@ class RecruiterAgentStorage(BaseStorage):
     def delete_candidate(self, candidate_id: str) -> None:
         """Delete a candidate with their skills, applications and interviews.
 
-        Raises :class:`~commander_os.errors.RecordNotFound` for an unknown id.
+        Raises :class:`~.errors.RecordNotFound` for an unknown id.
         """
         with self._writing() as conn:
             if conn.execute(sql.DELETE_CANDIDATE, (candidate_id,)).rowcount == 0:
@@ -332,11 +333,11 @@ class RecruiterAgentStorage(BaseStorage):
     def move_candidate(self, candidate_id: str, status: CandidateStatus | str) -> Candidate:
         """Move a candidate one step along the pipeline (or to ``rejected``); return them.
 
-        Allowed moves are in :data:`~commander_os.agents.recruiter.models.PIPELINE`:
+        Allowed moves are in :data:`~commander_os.agents.recruiter._models.PIPELINE`:
         new -> screening -> interviewing -> offered -> hired, and any stage that is not final
-        -> rejected. Raises :class:`~commander_os.errors.InvalidTransition` for any other move,
-        :class:`~commander_os.errors.RecordNotFound`, or
-        :class:`~commander_os.errors.InvalidInput` for an unknown status.
+        -> rejected. Raises :class:`~.errors.InvalidTransition` for any other move,
+        :class:`~.errors.RecordNotFound`, or
+        :class:`~.errors.InvalidInput` for an unknown status.
         """
         target = coerce_enum(CandidateStatus, status, "status")
         with self._writing() as conn:
@@ -367,7 +368,7 @@ class RecruiterAgentStorage(BaseStorage):
         """Open a job requisition; return it with its id.
 
         A skill may be required or nice-to-have, not both. Raises
-        :class:`~commander_os.errors.InvalidInput`.
+        :class:`~.errors.InvalidInput`.
         """
         required, nice = models.split_skills(required_skills, nice_to_have_skills)
         now = read_time(now_text())
@@ -392,7 +393,7 @@ class RecruiterAgentStorage(BaseStorage):
         return requisition
 
     def get_requisition(self, requisition_id: str) -> Requisition:
-        """The requisition with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
+        """The requisition with this id; raises :class:`~.errors.RecordNotFound`."""
         with self.reading() as conn:
             return self._load_requisition(conn, requisition_id)
 
@@ -409,8 +410,8 @@ class RecruiterAgentStorage(BaseStorage):
     ) -> Requisition:
         """Change the given fields of a requisition; return it.
 
-        Raises :class:`~commander_os.errors.RecordNotFound` or
-        :class:`~commander_os.errors.InvalidInput`.
+        Raises :class:`~.errors.RecordNotFound` or
+        :class:`~.errors.InvalidInput`.
         """
         changes: dict[str, Any] = {}
         if not isinstance(title, Unset):
@@ -452,7 +453,7 @@ class RecruiterAgentStorage(BaseStorage):
         """Delete a requisition with its skills, applications and interviews.
 
         To keep the history, set its status to ``closed`` instead. Raises
-        :class:`~commander_os.errors.RecordNotFound` for an unknown id.
+        :class:`~.errors.RecordNotFound` for an unknown id.
         """
         with self._writing() as conn:
             if conn.execute(sql.DELETE_REQUISITION, (requisition_id,)).rowcount == 0:
@@ -483,7 +484,7 @@ class RecruiterAgentStorage(BaseStorage):
         """Record that a candidate is considered for a requisition; False if already so.
 
         Scheduling an interview does this by itself. Raises
-        :class:`~commander_os.errors.RecordNotFound` for an unknown id.
+        :class:`~.errors.RecordNotFound` for an unknown id.
         """
         with self._writing() as conn:
             self._load_candidate(conn, candidate_id)
@@ -560,9 +561,9 @@ class RecruiterAgentStorage(BaseStorage):
         hired or rejected, the requisition must be open, and neither the interviewer (compared
         without case) nor the candidate may have another scheduled interview overlapping the
         slot (back-to-back is fine). Attaches the candidate to the requisition. Raises
-        :class:`~commander_os.errors.SchedulingConflict`,
-        :class:`~commander_os.errors.InvalidTransition`,
-        :class:`~commander_os.errors.RecordNotFound`, :class:`~commander_os.errors.InvalidInput`.
+        :class:`~.errors.SchedulingConflict`,
+        :class:`~.errors.InvalidTransition`,
+        :class:`~.errors.RecordNotFound`, :class:`~.errors.InvalidInput`.
         """
         start, end = models.check_slot(starts_at, ends_at)
         now = read_time(now_text())
@@ -638,7 +639,7 @@ class RecruiterAgentStorage(BaseStorage):
         """Move a scheduled interview to a new slot (and optionally a new interviewer).
 
         The same checks as :meth:`schedule_interview` apply to the new slot; only a
-        ``scheduled`` interview can move (else :class:`~commander_os.errors.InvalidTransition`).
+        ``scheduled`` interview can move (else :class:`~.errors.InvalidTransition`).
         """
         start, end = models.check_slot(starts_at, ends_at)
         new_interviewer = None if interviewer is None else required_text(interviewer, "interviewer")
@@ -700,7 +701,7 @@ class RecruiterAgentStorage(BaseStorage):
         conn.execute(sql.UPDATE_INTERVIEW, sql.interview_update_params(i))
 
     def get_interview(self, interview_id: str) -> Interview:
-        """The interview with this id; raises :class:`~commander_os.errors.RecordNotFound`."""
+        """The interview with this id; raises :class:`~.errors.RecordNotFound`."""
         with self.reading() as conn:
             return self._load_interview(conn, interview_id)
 

@@ -23,15 +23,15 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from commander_os.agents.recruiter.models import Candidate, CandidateStatus
-from commander_os.agents.recruiter.storage import RecruiterAgentStorage
-from commander_os.errors import (
-    CommanderStorageError,
+from commander_os.agents.recruiter._models import Candidate, CandidateStatus
+from commander_os.agents.recruiter.errors import (
     DuplicateEmail,
     InvalidTransition,
     SchedulingConflict,
 )
-from commander_os.network.process import RelayProcess
+from commander_os.agents.recruiter.storage import RecruiterAgentStorage
+from commander_os.errors import CommanderStorageError
+from commander_os.relay import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
 
 __all__ = ["ExampleFailed", "main", "run_example"]
@@ -90,24 +90,24 @@ class ExampleFailed(Exception):
     """A step of the walk-through did not turn out as it says it should."""
 
 
-def expect(condition: bool, what: str) -> None:
+def _expect(condition: bool, what: str) -> None:
     """Stop the walk-through with :class:`ExampleFailed` unless ``condition`` holds."""
     if not condition:
         raise ExampleFailed(what)
 
 
-def say(text: str = "") -> None:
+def _say(text: str = "") -> None:
     """Print one line of the walk-through."""
     print(text, flush=True)
 
 
-def section(title: str) -> None:
+def _section(title: str) -> None:
     """Print a section heading."""
-    say()
-    say(f"== {title}")
+    _say()
+    _say(f"== {title}")
 
 
-def names(candidates: Sequence[Candidate]) -> str:
+def _names(candidates: Sequence[Candidate]) -> str:
     """``Ada Lovelace, Grace Hopper``."""
     return ", ".join(candidate.name for candidate in candidates) or "(none)"
 
@@ -125,25 +125,25 @@ def run_example(
     """
     recruiter = RecruiterAgentStorage(RECRUITER_ID, data_dir / RECRUITER_ID, htpc_url=relay_url)
     try:
-        section("1. The recruiter agent opens its store")
+        _section("1. The recruiter agent opens its store")
         health = recruiter.health_check()
-        say(f"database {recruiter.db_path} (schema version {health['schema_version']})")
-        say(f"every change is shipped to the relay at {relay_url}")
-        candidates = add_people(recruiter)
-        requisition_id = open_requisition(recruiter)
-        search(recruiter)
-        ranked = match(recruiter, requisition_id)
-        schedule(recruiter, requisition_id, ranked)
-        move_through_pipeline(recruiter, requisition_id, ranked, candidates)
-        sync(recruiter, sync_timeout)
-        interact(recruiter, relay_url, data_dir, candidates, sync_timeout)
+        _say(f"database {recruiter.db_path} (schema version {health['schema_version']})")
+        _say(f"every change is shipped to the relay at {relay_url}")
+        candidates = _add_people(recruiter)
+        requisition_id = _open_requisition(recruiter)
+        _search(recruiter)
+        ranked = _match(recruiter, requisition_id)
+        _schedule(recruiter, requisition_id, ranked)
+        _move_through_pipeline(recruiter, requisition_id, ranked, candidates)
+        _sync(recruiter, sync_timeout)
+        _interact(recruiter, relay_url, data_dir, candidates, sync_timeout)
     finally:
         recruiter.close()
 
 
-def open_requisition(store: RecruiterAgentStorage) -> str:
+def _open_requisition(store: RecruiterAgentStorage) -> str:
     """Open the requisition the rest of the flow hires for; return its id."""
-    section("3. A job requisition")
+    _section("3. A job requisition")
     requisition = store.add_requisition(
         "Senior Backend Engineer",
         department="Platform",
@@ -151,72 +151,72 @@ def open_requisition(store: RecruiterAgentStorage) -> str:
         nice_to_have_skills=["Docker", "Kubernetes"],
         openings=2,
     )
-    say(
+    _say(
         f"{requisition.id}: {requisition.title} ({requisition.department}), "
         f"{requisition.openings} openings"
     )
-    say(
+    _say(
         f"  required: {', '.join(requisition.required_skills)}; "
         f"nice to have: {', '.join(requisition.nice_to_have_skills)}"
     )
     return requisition.id
 
 
-def add_people(store: RecruiterAgentStorage) -> list[Candidate]:
+def _add_people(store: RecruiterAgentStorage) -> list[Candidate]:
     """Add the candidates (one transaction) and show that a duplicate email is refused."""
-    section("2. Candidates")
+    _section("2. Candidates")
     added = store.add_candidates(CANDIDATES)
     for candidate in added:
-        say(
+        _say(
             f"{candidate.id}  {candidate.name:<18} {candidate.location:<10} "
             f"{candidate.years_experience:>4.0f}y  skills: {', '.join(candidate.skills)}"
         )
-    say('skills are normalised: "Machine  Learning" -> "machine learning", " PYTHON " -> "python"')
+    _say('skills are normalised: "Machine  Learning" -> "machine learning", " PYTHON " -> "python"')
     try:
         store.add_candidate("Ada Again", "ADA@example.com", skills=["python"])
     except DuplicateEmail as exc:
-        say(f"refused, as it should be: {exc}")
+        _say(f"refused, as it should be: {exc}")
     else:
         raise ExampleFailed("a second candidate with ada@example.com was accepted")
-    expect(len(store.list_candidates()) == len(CANDIDATES), "the refused add changed nothing")
+    _expect(len(store.list_candidates()) == len(CANDIDATES), "the refused add changed nothing")
     return added
 
 
-def search(store: RecruiterAgentStorage) -> None:
+def _search(store: RecruiterAgentStorage) -> None:
     """Skills search: all of, any of, combined with a location."""
-    section("4. Skills search (indexed)")
+    _section("4. Skills search (indexed)")
     both = store.list_candidates(skills=["python", "sql"])
-    say(f"python AND sql:         {names(both)}")
-    expect({c.name for c in both} == {"Ada Lovelace", "Grace Hopper"}, "python AND sql")
+    _say(f"python AND sql:         {_names(both)}")
+    _expect({c.name for c in both} == {"Ada Lovelace", "Grace Hopper"}, "python AND sql")
     either = store.list_candidates(skills=["Rust", "Go"], match="any")
-    say(f"rust OR go:             {names(either)}")
-    expect(len(either) == 2, "rust OR go finds two candidates")
+    _say(f"rust OR go:             {_names(either)}")
+    _expect(len(either) == 2, "rust OR go finds two candidates")
     boston = store.list_candidates(skills=["go"], location="boston")
-    say(f"go, located in Boston:  {names(boston)}")
-    expect(len(boston) == 2, "two Go candidates in Boston")
+    _say(f"go, located in Boston:  {_names(boston)}")
+    _expect(len(boston) == 2, "two Go candidates in Boston")
 
 
-def match(store: RecruiterAgentStorage, requisition_id: str) -> list[Candidate]:
+def _match(store: RecruiterAgentStorage, requisition_id: str) -> list[Candidate]:
     """Rank candidates for the requisition; return them best first."""
-    section("5. Matching candidates to the requisition")
+    _section("5. Matching candidates to the requisition")
     matches = store.match_candidates(requisition_id, limit=5)
     for rank, m in enumerate(matches, start=1):
         skills = ", ".join(m.required_matched + m.nice_matched)
-        say(
+        _say(
             f"{rank}. {m.candidate.name:<18} required {len(m.required_matched)}/"
             f"{m.required_total}, nice {len(m.nice_matched)}/{m.nice_total}, "
             f"{m.candidate.years_experience:.0f}y  ({skills})"
         )
-    expect(
+    _expect(
         matches[0].candidate.name == "Grace Hopper", "Grace ranks first (both required, more years)"
     )
-    expect(matches[1].candidate.name == "Ada Lovelace", "Ada ranks second")
+    _expect(matches[1].candidate.name == "Ada Lovelace", "Ada ranks second")
     return [m.candidate for m in matches]
 
 
-def schedule(store: RecruiterAgentStorage, requisition_id: str, ranked: list[Candidate]) -> None:
+def _schedule(store: RecruiterAgentStorage, requisition_id: str, ranked: list[Candidate]) -> None:
     """Book interviews, refuse a double-booking, reschedule, list the interviewer's agenda."""
-    section("6. Interviews")
+    _section("6. Interviews")
     day = (datetime.now(UTC) + timedelta(days=1)).replace(hour=9, minute=0, second=0, microsecond=0)
     interviewer = "maria@example.com"
     first = store.schedule_interview(
@@ -235,7 +235,7 @@ def schedule(store: RecruiterAgentStorage, requisition_id: str, ranked: list[Can
         interviewer=interviewer,
         stage="technical",
     )
-    say(
+    _say(
         f"booked {interviewer}: {ranked[0].name} {first.starts_at:%a %H:%M}-{first.ends_at:%H:%M}"
         f", {ranked[1].name} {second.starts_at:%H:%M}-{second.ends_at:%H:%M} UTC (back to back)"
     )
@@ -249,65 +249,65 @@ def schedule(store: RecruiterAgentStorage, requisition_id: str, ranked: list[Can
             stage="technical",
         )
     except SchedulingConflict as exc:
-        say(f"refused, as it should be: {exc}")
+        _say(f"refused, as it should be: {exc}")
     else:
         raise ExampleFailed("a double-booking of the interviewer was accepted")
     moved = store.reschedule_interview(
         second.id, day + timedelta(hours=3), day + timedelta(hours=4)
     )
-    say(f"rescheduled {ranked[1].name} to {moved.starts_at:%H:%M}-{moved.ends_at:%H:%M} UTC")
+    _say(f"rescheduled {ranked[1].name} to {moved.starts_at:%H:%M}-{moved.ends_at:%H:%M} UTC")
     agenda = store.upcoming_interviews(interviewer=interviewer)
-    say(
+    _say(
         f"{interviewer}'s upcoming interviews: "
         + ", ".join(f"{i.starts_at:%H:%M} {i.stage}" for i in agenda)
     )
-    expect(len(agenda) == 2, "the refused booking left two interviews")
+    _expect(len(agenda) == 2, "the refused booking left two interviews")
     store.complete_interview(first.id, score=5, feedback="Excellent system design.")
-    say(f"{ranked[0].name}'s interview completed with score 5")
+    _say(f"{ranked[0].name}'s interview completed with score 5")
 
 
-def move_through_pipeline(
+def _move_through_pipeline(
     store: RecruiterAgentStorage,
     requisition_id: str,
     ranked: list[Candidate],
     everyone: list[Candidate],
 ) -> None:
     """Move candidates along the pipeline, refuse an invalid move, print the statistics."""
-    section("7. The hiring pipeline")
+    _section("7. The hiring pipeline")
     best = ranked[0]
     for status in ("screening", "interviewing", "offered", "hired"):
         best = store.move_candidate(best.id, status)
-    say(f"{best.name}: new -> screening -> interviewing -> offered -> {best.status.value}")
+    _say(f"{best.name}: new -> screening -> interviewing -> offered -> {best.status.value}")
     store.move_candidate(ranked[1].id, CandidateStatus.SCREENING)
     try:
         store.move_candidate(ranked[2].id, CandidateStatus.HIRED)
     except InvalidTransition as exc:
-        say(f"refused, as it should be: {exc}")
+        _say(f"refused, as it should be: {exc}")
     else:
         raise ExampleFailed("a move from 'new' straight to 'hired' was accepted")
     outsider = next(c for c in everyone if c.name == "Linus Torvalds")
     store.attach_candidate(outsider.id, requisition_id)
     store.move_candidate(outsider.id, CandidateStatus.REJECTED)
     stats = store.pipeline_stats(requisition_id)
-    say(
+    _say(
         "pipeline of the requisition: "
         + ", ".join(f"{status.value} {count}" for status, count in stats.items() if count)
     )
-    expect(stats[CandidateStatus.HIRED] == 1 and stats[CandidateStatus.REJECTED] == 1, "stats")
+    _expect(stats[CandidateStatus.HIRED] == 1 and stats[CandidateStatus.REJECTED] == 1, "stats")
 
 
-def sync(store: RecruiterAgentStorage, timeout: float) -> None:
+def _sync(store: RecruiterAgentStorage, timeout: float) -> None:
     """Wait until every local change is on the relay."""
-    section("8. Sync")
+    _section("8. Sync")
     pending = store.get_sync_queue_size()
-    expect(store.wait_for_sync(timeout), f"the relay took every change within {timeout} s")
-    say(f"wait_for_sync(): {pending} changes were still queued, now {store.get_sync_queue_size()}")
+    _expect(store.wait_for_sync(timeout), f"the relay took every change within {timeout} s")
+    _say(f"wait_for_sync(): {pending} changes were still queued, now {store.get_sync_queue_size()}")
     summary = next(a for a in store.relay.agents() if a["agent_id"] == store.agent_id)
     tables = ", ".join(f"{table} {count}" for table, count in sorted(summary["tables"].items()))
-    say(f"the relay holds {summary['record_count']} records of {store.agent_id!r}: {tables}")
+    _say(f"the relay holds {summary['record_count']} records of {store.agent_id!r}: {tables}")
 
 
-def interact(
+def _interact(
     recruiter: RecruiterAgentStorage,
     relay_url: str,
     data_dir: Path,
@@ -315,7 +315,7 @@ def interact(
     timeout: float,
 ) -> None:
     """A hiring manager finds the recruiter's candidates on the relay and answers."""
-    section("9. Agent interaction through the relay")
+    _section("9. Agent interaction through the relay")
     manager = AgentStorage(MANAGER_ID, data_dir / MANAGER_ID, htpc_url=relay_url)
     try:
         found = manager.query_network(
@@ -325,18 +325,18 @@ def interact(
         found = [record for record in found if record["key"] in ours]
         for record in found:
             data = record["data"]
-            say(
+            _say(
                 f"{MANAGER_ID} sees {record['agent_id']}/{data['name']}: {data['status']}, "
                 f"skills {data['skills']}"
             )
         local = recruiter.list_candidates(skills=["python"])
-        expect({r["key"] for r in found} == {c.id for c in local}, "relay matches local search")
+        _expect({r["key"] for r in found} == {c.id for c in local}, "relay matches local search")
         shortlist = sorted(r["data"]["name"] for r in found if r["data"]["status"] != "hired")
         manager.set("shortlist/senior-backend", {"candidates": shortlist, "by": MANAGER_ID})
-        expect(manager.wait_for_sync(timeout), "the shortlist reached the relay")
+        _expect(manager.wait_for_sync(timeout), "the shortlist reached the relay")
         answer = recruiter.query_network(agent_id=MANAGER_ID, table="kv", key_prefix="shortlist/")
-        expect(len(answer) == 1, "the recruiter reads the manager's shortlist")
-        say(f"{RECRUITER_ID} reads {MANAGER_ID}'s shortlist: {answer[0]['data']['value']}")
+        _expect(len(answer) == 1, "the recruiter reads the manager's shortlist")
+        _say(f"{RECRUITER_ID} reads {MANAGER_ID}'s shortlist: {answer[0]['data']['value']}")
     finally:
         manager.close()
 
@@ -351,7 +351,7 @@ def _relay(url: str | None, data_dir: Path) -> Iterator[str]:
         return
     relay = RelayProcess(data_dir=data_dir / "relay")
     started = relay.start()
-    say(f"started a relay for this example: {started} (central store in {data_dir / 'relay'})")
+    _say(f"started a relay for this example: {started} (central store in {data_dir / 'relay'})")
     try:
         yield started
     finally:
@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ExampleFailed, CommanderStorageError, RuntimeError) as exc:
             print(f"\nFAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    say("\nAll steps behaved as described.")
+    _say("\nAll steps behaved as described.")
     return 0
 
 

@@ -1,0 +1,291 @@
+"""Change records: the unit of replication, and its one encoding on the wire and at rest.
+
+A **change record** is the current state of one row of one synced table of one agent, or its
+deletion::
+
+    {"agent_id": "my-agent", "table": "kv", "key": "config", "op": "upsert",
+     "data": {"value": {"setting": "value"}, "updated_at": 1764210000.5},
+     "version": 7587593912188928001, "ts": "2026-11-27T02:33:27.123456Z"}
+
+``version`` increases with every write of the agent (its incarnation in the high 32 bits, the
+local sequence number in the low 32 bits), so the relay keeps, per ``(agent_id, table, key)``,
+the record with the highest version and ignores stale or repeated ones: apply is idempotent
+and monotonic.
+
+This module is the only place that knows the record's fields: the agent builds its records with
+:func:`change_record_json`, the relay validates them with :class:`ChangeRecord` (or its fast
+path, whose field sets derive from the model), stores them as :class:`EncodedRecord` through
+:func:`encode_records`, and answers with :func:`stored_record_json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, NamedTuple
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from commander_os.errors import ValueTooLarge
+from commander_os.identifiers import AGENT_ID_PATTERN, MAX_KEY_BYTES, TABLE_NAME_PATTERN
+
+__all__ = [
+    "MAX_BATCH_RECORDS",
+    "MAX_VERSION",
+    "RECORD_FIELDS",
+    "REQUIRED_RECORD_FIELDS",
+    "SEQ_BITS",
+    "Ack",
+    "AgentId",
+    "BatchRequest",
+    "ChangeRecord",
+    "EncodedRecord",
+    "StoredRecord",
+    "TableName",
+    "change_record_json",
+    "encode_records",
+    "format_ts",
+    "make_version",
+    "micros_to_ts",
+    "split_version",
+    "stored_record_json",
+    "ts_to_micros",
+]
+
+#: Largest version a record may carry: a signed 64-bit integer (SQLite INTEGER, PostgreSQL BIGINT).
+MAX_VERSION = 2**63 - 1
+#: Bits of the version that hold the local sequence number; the incarnation sits above them.
+SEQ_BITS = 32
+MAX_BATCH_RECORDS = 5000
+
+AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+TableName = Annotated[str, StringConstraints(pattern=TABLE_NAME_PATTERN)]
+RecordKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_BYTES)]
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def make_version(incarnation: int, seq: int) -> int:
+    """Combine a store's incarnation and a local sequence number into one record version."""
+    return (incarnation << SEQ_BITS) | seq
+
+
+def split_version(version: int) -> tuple[int, int]:
+    """Inverse of :func:`make_version`: ``(incarnation, seq)``."""
+    return version >> SEQ_BITS, version & ((1 << SEQ_BITS) - 1)
+
+
+def format_ts(moment: datetime | float) -> str:
+    """Render a UTC timestamp the way the wire carries it: ``2026-11-27T02:33:27.123456Z``."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    # isoformat is several times faster than strftime; "+00:00" becomes the shorter "Z".
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def ts_to_micros(moment: datetime) -> int:
+    """UTC microseconds since the epoch; exact, sortable and indexable as an integer."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def micros_to_ts(micros: int) -> datetime:
+    """Inverse of :func:`ts_to_micros` (an aware UTC datetime)."""
+    seconds, micro = divmod(micros, 1_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChangeRecord(_Strict):
+    """One row's new state (``upsert``) or its removal (``delete``)."""
+
+    agent_id: AgentId
+    table: TableName
+    key: RecordKey
+    op: Literal["upsert", "delete"]
+    data: dict[str, Any] | None = None
+    version: Version
+    ts: datetime
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # A naive timestamp is taken to be UTC, as the protocol says every ts is.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _data_matches_op(self) -> ChangeRecord:
+        if self.op == "upsert" and self.data is None:
+            raise ValueError("an upsert record needs 'data' (the row as a JSON object)")
+        if self.op == "delete" and self.data is not None:
+            raise ValueError("a delete record must not carry 'data'")
+        return self
+
+
+#: Every field a change record may carry, and those it must carry (the relay's fast path
+#: checks bodies against these sets, so they follow the model).
+RECORD_FIELDS = frozenset(ChangeRecord.model_fields)
+REQUIRED_RECORD_FIELDS = frozenset(
+    name for name, field in ChangeRecord.model_fields.items() if field.is_required()
+)
+
+
+class BatchRequest(_Strict):
+    """Many change records of one agent, applied in one transaction."""
+
+    agent_id: AgentId
+    records: list[ChangeRecord] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+    @model_validator(mode="after")
+    def _one_agent(self) -> BatchRequest:
+        for index, record in enumerate(self.records):
+            if record.agent_id != self.agent_id:
+                raise ValueError(
+                    f"records[{index}].agent_id is {record.agent_id!r} but the batch is for "
+                    f"{self.agent_id!r}: a batch carries the records of one agent only"
+                )
+        return self
+
+
+class Ack(_Strict):
+    """The relay's answer to a write, sent only after its durable commit."""
+
+    agent_id: str
+    highest_version: int = Field(description="highest version of this agent the relay now holds")
+    applied: int = Field(description="records that changed the central store")
+    ignored: int = Field(description="records that were stale or duplicates (already applied)")
+
+
+def change_record_json(
+    agent_id: str, table: str, key: str, data: Any, version: int, written_at: float
+) -> dict[str, Any]:
+    """A change record as the agent sends it; ``data`` None makes it a delete.
+
+    ``data`` may hold ``orjson.Fragment`` values (JSON columns embedded without re-parsing).
+    """
+    record: dict[str, Any] = {
+        "agent_id": agent_id,
+        "table": table,
+        "key": key,
+        "op": "upsert" if data is not None else "delete",
+        "version": version,
+        "ts": format_ts(written_at),
+    }
+    if data is not None:
+        record["data"] = data
+    return record
+
+
+class EncodedRecord(NamedTuple):
+    """A change record ready for storage: data as JSON text, ts as UTC microseconds.
+
+    A NamedTuple because the relay's ingest path builds tens of thousands per second.
+    """
+
+    agent_id: str
+    table: str
+    key: str
+    version: int
+    ts_us: int
+    deleted: bool
+    #: Compact JSON text of ``data``; ``None`` for a tombstone.
+    data: str | None
+
+
+def encode_records(
+    records: Sequence[ChangeRecord], *, max_value_bytes: int | None = None
+) -> list[EncodedRecord]:
+    """Encode ``records`` for storage, checking every value before anything is written.
+
+    Raises :class:`~commander_os.errors.ValueTooLarge` naming the record whose encoded ``data``
+    exceeds ``max_value_bytes``, and ``ValueError`` for data that is not valid JSON text (for
+    example a lone surrogate in a string).
+    """
+    encoded: list[EncodedRecord] = []
+    dumps = orjson.dumps
+    for index, record in enumerate(records):
+        data: str | None = None
+        if record.data is not None:
+            try:
+                raw = dumps(record.data)
+            except orjson.JSONEncodeError as exc:
+                raise ValueError(f"records[{index}].data cannot be stored as JSON: {exc}") from exc
+            if max_value_bytes is not None and len(raw) > max_value_bytes:
+                raise ValueTooLarge(
+                    f"records[{index}] ({record.table}/{record.key[:40]!r}): data is "
+                    f"{len(raw)} bytes encoded, over the limit of {max_value_bytes}"
+                )
+            data = raw.decode()
+        encoded.append(
+            EncodedRecord(
+                record.agent_id,
+                record.table,
+                record.key,
+                record.version,
+                ts_to_micros(record.ts),
+                record.op == "delete",
+                data,
+            )
+        )
+    return encoded
+
+
+class StoredRecord(BaseModel):
+    """A record as the relay holds it; what a query returns."""
+
+    agent_id: str
+    table: str
+    key: str
+    data: dict[str, Any] | None
+    version: int
+    ts: datetime
+    deleted: bool
+    rev: int = Field(description="the relay's global change order")
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], data: dict[str, Any] | None) -> StoredRecord:
+        """A record from a central store's row ``(rev, agent_id, tbl, key, version, ts_us,
+        deleted, data)`` with its ``data`` already decoded (the store knows its encoding)."""
+        rev, agent_id, tbl, key, version, ts_us, deleted = row[:7]
+        return cls.model_construct(
+            rev=rev,
+            agent_id=agent_id,
+            table=tbl,
+            key=key,
+            version=version,
+            ts=micros_to_ts(ts_us),
+            deleted=bool(deleted),
+            data=data,
+        )
+
+
+def stored_record_json(record: StoredRecord) -> dict[str, Any]:
+    """A stored record as the relay sends it (``ts`` stays a datetime for orjson)."""
+    return {
+        "agent_id": record.agent_id,
+        "table": record.table,
+        "key": record.key,
+        "data": record.data,
+        "version": record.version,
+        "ts": record.ts,
+        "deleted": record.deleted,
+        "rev": record.rev,
+    }

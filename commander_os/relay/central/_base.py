@@ -1,0 +1,212 @@
+"""The central-store contract: what every relay backend (SQLite, PostgreSQL) must do.
+
+A central store holds, per ``(agent_id, table, key)``, the newest change record the relay has
+received, plus one row per agent (highest version, last seen). The relay only talks to this
+interface, so a backend is a drop-in replacement as long as it passes the contract test suite
+in ``tests/network/test_central_contract.py``.
+
+Rules every backend follows:
+
+* **Monotonic, idempotent apply.** A record replaces the stored one only if its ``version`` is
+  strictly higher. Equal or lower versions are counted as ``ignored`` and change nothing, so a
+  batch can be replayed any number of times, in any order.
+* **Tombstones.** A delete is stored as a row with ``deleted=True`` and ``data=None`` carrying
+  its version, so a stale upsert arriving after the delete cannot resurrect the row.
+* **Revisions.** Every applied change gets a global ``rev`` greater than every ``rev`` committed
+  before it; the row keeps only its newest ``rev``. Queries and the change feed page in ``rev``
+  order with an opaque cursor (keyset pagination: no duplicates, no misses for rows that do not
+  change while paging; a row that changes while paging shows up again with its new version).
+* **Acknowledged means durable.** ``apply`` returns only after the commit is durable.
+* **Field filters** (``QueryRequest.where``) follow JSON types strictly: ``eq 1`` does not match
+  ``"1"`` nor ``true``; ``ne`` is the exact negation of ``eq`` (so it also matches rows without the
+  field); ``lt/lte/gt/gte`` compare numbers with numbers and strings with strings (code-point
+  order); ``in`` is ``eq`` against any listed value; ``contains`` matches an array holding the
+  value as an element, or a string holding it as a substring; ``exists`` tests presence (a JSON
+  ``null`` is present); ``prefix`` matches strings. A purely numeric path segment indexes an array.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The central-store errors live in the one tree of commander_os.errors; they stay importable
+# from here, where they were first defined.
+from commander_os.errors import (
+    CentralStoreError,
+    CentralStoreUnavailable,
+    InvalidCursor,
+    QueryTimeout,
+)
+from commander_os.protocol import (
+    Ack,
+    AgentSummary,
+    ChangeRecord,
+    EncodedRecord,
+    QueryRequest,
+    QueryResponse,
+    StoredRecord,
+    encode_cursor,
+    encode_records,
+    micros_to_ts,
+)
+from commander_os.relay.central._group_commit import GroupWriter
+
+__all__ = [
+    "CentralStore",
+    "CentralStoreError",
+    "CentralStoreUnavailable",
+    "InvalidCursor",
+    "QueryTimeout",
+    "StoreHealth",
+]
+
+#: The columns every backend's query returns, in this order.
+ROW_COLUMNS = "rev, agent_id, tbl, key, version, ts, deleted, data"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What ``CentralStore.health()`` reports."""
+
+    ok: bool
+    backend: str
+    detail: dict[str, Any]
+
+
+class CentralStore(ABC):
+    """The contract of a relay's central store. All methods are safe to call concurrently.
+
+    Typical life cycle::
+
+        store = SQLiteCentralStore(data_dir / "central.db")
+        await store.open()
+        acks = await store.apply(records)
+        page = await store.query(QueryRequest(agent_id="my-agent", table="kv"))
+        await store.close()
+
+    A backend supplies opening and closing, the commit of one merged group (through the
+    :class:`~._group_commit.GroupWriter` it starts in ``open``), and three reads: the rows of a
+    query, the agents table and a liveness probe. Everything else is shared here.
+    """
+
+    #: Short backend name shown by ``/health`` ("sqlite", "postgresql").
+    backend: str = "abstract"
+    #: Encoded values larger than this are refused by :meth:`apply` (None: no limit).
+    max_value_bytes: int | None = None
+    _writer: GroupWriter | None = None
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Create or open the store (schema included). Raises CentralStoreUnavailable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending applies, then release every resource. Idempotent."""
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def apply(self, records: Sequence[ChangeRecord]) -> list[Ack]:
+        """Apply ``records`` durably; return one :class:`Ack` per agent, in first-seen order.
+
+        Idempotent and monotonic per ``(agent_id, table, key)`` (see the module docstring).
+        Raises ``ValueTooLarge``/``ValueError`` before writing anything if a value cannot be
+        stored, and :class:`CentralStoreUnavailable` if the store cannot commit.
+        """
+        return await self.apply_encoded(
+            encode_records(records, max_value_bytes=self.max_value_bytes)
+        )
+
+    async def apply_encoded(self, records: Sequence[EncodedRecord]) -> list[Ack]:
+        """:meth:`apply` for records already encoded (the relay's ingest path)."""
+        if not records:
+            return []
+        encoded = list(records)
+        self._check_storable(encoded)
+        writer = self._writer
+        if writer is None:
+            raise CentralStoreUnavailable("central store is closed")
+        return await writer.submit(encoded)
+
+    def _check_storable(self, records: list[EncodedRecord]) -> None:  # noqa: B027 - optional
+        """Raise ``ValueError`` for a record this backend cannot keep (before any write)."""
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def query(self, request: QueryRequest) -> QueryResponse:
+        """One page of records matching every filter of ``request``, in ``rev`` order.
+
+        ``next_cursor`` is set when the page is full (there may be more). Raises
+        :class:`InvalidCursor` for a foreign cursor and :class:`QueryTimeout` past the budget.
+        """
+        rows = await self._select(request, request.limit + 1)
+        more = len(rows) > request.limit
+        rows = rows[: request.limit]
+        decode = self._decode_data
+        records = [
+            StoredRecord.from_row(row, None if row[7] is None else decode(row[7])) for row in rows
+        ]
+        next_cursor = encode_cursor(rows[-1][0]) if more else None
+        return QueryResponse.model_construct(records=records, next_cursor=next_cursor)
+
+    async def agents(self) -> list[AgentSummary]:
+        """Every agent the store has seen, ordered by agent id."""
+        agents, counts = await self._agent_rows()
+        tables: dict[str, dict[str, int]] = {}
+        for agent_id, tbl, live in counts:
+            tables.setdefault(agent_id, {})[tbl] = int(live)
+        return [
+            AgentSummary(
+                agent_id=agent_id,
+                last_seen=micros_to_ts(last_seen),
+                highest_version=highest,
+                record_count=sum(tables.get(agent_id, {}).values()),
+                tables=dict(sorted(tables.get(agent_id, {}).items())),
+            )
+            for agent_id, highest, last_seen in agents
+        ]
+
+    async def health(self) -> StoreHealth:
+        """Whether the store answers, with backend-specific details (never raises)."""
+        detail = self._describe()
+        writer = self._writer
+        if writer is None or not writer.running:
+            return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": "closed"})
+        try:
+            max_rev = await self._max_rev()
+        except CentralStoreUnavailable as exc:
+            return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": str(exc)})
+        detail.update(max_rev=max_rev, commits=writer.commits, pending_jobs=writer.pending)
+        return StoreHealth(ok=True, backend=self.backend, detail=detail)
+
+    # -- what a backend supplies --------------------------------------------------------------
+
+    @abstractmethod
+    async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
+        """Up to ``limit`` rows (:data:`ROW_COLUMNS`) matching ``request``, in ``rev`` order."""
+
+    @abstractmethod
+    def _decode_data(self, raw: Any) -> dict[str, Any]:
+        """A row's ``data`` column as the record's data."""
+
+    @abstractmethod
+    async def _agent_rows(self) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
+        """``(agent_id, highest_version, last_seen)`` rows by agent id, and
+        ``(agent_id, table, live records)`` rows."""
+
+    @abstractmethod
+    async def _max_rev(self) -> int:
+        """The newest revision (a cheap liveness probe); raises CentralStoreUnavailable."""
+
+    @abstractmethod
+    def _describe(self) -> dict[str, Any]:
+        """Backend details for ``/health`` (never a secret)."""
+
+    async def __aenter__(self) -> CentralStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,138 @@
+"""Schema of the PostgreSQL central store: named, ordered migrations recorded in a table.
+
+The store migrates its own schema when it opens (``commander-os relay migrate`` does the same on
+demand). Every migration runs in one transaction together with its ``schema_version`` row, under
+a transaction-level advisory lock, so several relays starting at once on one database migrate it
+exactly once. A database whose schema is newer than this code is refused.
+
+Layout (migration 1):
+
+* ``records``: the newest state of each ``(agent_id, tbl, key)``; ``data`` is JSONB with a GIN
+  (``jsonb_path_ops``) index serving ``@>`` containment for the ``eq``/``in``/``contains`` field
+  filters; ``rev`` is the global change order (unique, for the change feed and cursors).
+* ``rev_counter``: one row holding the last ``rev`` handed out. A writer reserves its revisions
+  by updating this row first in its transaction: the row lock is held until commit, so revisions
+  are handed out in commit order across every relay on the database (see ``postgres.py``).
+* ``agents``: per-agent high-water mark and last contact.
+
+Text columns use the "C" collation: keys compare by code point, as in the SQLite store, and
+``key >= prefix AND key < upper`` prefix ranges are exact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from commander_os.relay.central._base import CentralStoreError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "SchemaTooNewError",
+    "check_schema_name",
+    "migrate",
+]
+
+SCHEMA_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+#: Any constant works; it only has to be the same for every relay (and differ from the app's).
+MIGRATION_LOCK_KEY = 0x636F6D6D616E64  # "command"
+
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     integer PRIMARY KEY,
+    description text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%s)"
+SELECT_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
+INSERT_VERSION = "INSERT INTO schema_version (version, description) VALUES (%s, %s)"
+
+V1_RECORDS = """
+CREATE TABLE records (
+    agent_id text COLLATE "C" NOT NULL,
+    tbl      text COLLATE "C" NOT NULL,
+    key      text COLLATE "C" NOT NULL,
+    version  bigint  NOT NULL,
+    ts       bigint  NOT NULL,
+    deleted  boolean NOT NULL,
+    data     jsonb,
+    rev      bigint  NOT NULL,
+    -- (agent_id, key, tbl): a lookup by agent and key without a table is an index prefix too.
+    PRIMARY KEY (agent_id, key, tbl)
+);
+CREATE UNIQUE INDEX records_rev ON records (rev);
+CREATE INDEX records_agent_table_rev ON records (agent_id, tbl, rev);
+CREATE INDEX records_data ON records USING gin (data jsonb_path_ops);
+CREATE TABLE rev_counter (
+    id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+    last_rev bigint  NOT NULL
+);
+INSERT INTO rev_counter (id, last_rev) VALUES (true, 0);
+CREATE TABLE agents (
+    agent_id        text COLLATE "C" PRIMARY KEY,
+    highest_version bigint NOT NULL,
+    last_seen       bigint NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: applied once, in order, in one transaction with its version row."""
+
+    version: int
+    description: str
+    statements: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "records, rev counter, agents", V1_RECORDS),)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+class SchemaTooNewError(CentralStoreError):
+    """The database was migrated by newer code than this relay; upgrade the relay."""
+
+
+def check_schema_name(name: str) -> str:
+    """Return ``name`` if it is a plain lowercase identifier; raise ``ValueError`` otherwise."""
+    if not re.fullmatch(SCHEMA_NAME_PATTERN, name):
+        raise ValueError(
+            f"invalid PostgreSQL schema name {name!r}: use lowercase letters, digits and _"
+        )
+    return name
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any], schema: str | None) -> int:
+    """Bring the schema (``schema``, or the connection's current one) up to date.
+
+    Returns the schema version now in place. Raises :class:`SchemaTooNewError` when the database
+    is ahead of this code. ``conn`` must be in autocommit mode; it is left idle.
+    """
+    async with conn.transaction():
+        await conn.execute(LOCK_MIGRATIONS, (MIGRATION_LOCK_KEY,))
+        if schema is not None:
+            await conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
+        await conn.execute(CREATE_VERSION_TABLE)
+        cursor = await conn.execute(SELECT_VERSION)
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNewError(
+                f"central store schema is version {current}, newer than this relay's "
+                f"{SCHEMA_VERSION}: upgrade commander-os-storage on this relay"
+            )
+        for step in MIGRATIONS:
+            if step.version > current:
+                await conn.execute(step.statements)
+                await conn.execute(INSERT_VERSION, (step.version, step.description))
+                current = step.version
+    return current

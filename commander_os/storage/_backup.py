@@ -1,0 +1,45 @@
+"""Online backups of an agent store (SQLite's backup API)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from commander_os import _sqlite as db
+from commander_os.storage._meta import new_epoch, read_epoch, write_epoch
+
+__all__ = ["backup_to"]
+
+
+def backup_to(source: sqlite3.Connection, target: Path, *, encryption_key: str | None) -> Path:
+    """Write a consistent copy of ``source`` to ``target`` (which must not exist).
+
+    The copy gets a new epoch, so if it is ever restored its new writes win at the relay over
+    anything the original wrote after the backup. The caller holds the store's lock.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise FileExistsError(f"backup target {target} already exists")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        _copy(source, partial, encryption_key)
+        # link(), unlike rename(), refuses to replace a file created meanwhile.
+        os.link(partial, target)
+    except db.Error as exc:
+        raise db.translate_error(exc, f"backup to {target} failed") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _copy(source: sqlite3.Connection, path: Path, encryption_key: str | None) -> None:
+    copy = db.open_file(path, encryption_key=encryption_key)
+    try:
+        source.backup(copy)
+        with db.write_transaction(copy, "the backup's new epoch"):
+            write_epoch(copy, new_epoch(read_epoch(copy)))
+        copy.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        copy.close()
