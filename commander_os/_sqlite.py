@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from commander_os.errors import EncryptionError, StorageBusy, StorageError
+from commander_os.errors import EncryptionError, SchemaError, StorageBusy, StorageError
 
 try:
     import sqlcipher3.dbapi2 as sqlcipher
@@ -58,6 +58,7 @@ __all__ = [
     "is_busy_error",
     "is_encrypted",
     "open_file",
+    "split_statements",
     "translate_error",
     "write_transaction",
 ]
@@ -360,3 +361,31 @@ class write_transaction:
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (trigger bodies stay whole).
+
+    Statements may share a line; the last one may omit its ``;``.
+    """
+    statements: list[str] = []
+    start = 0
+    for end, char in enumerate(script):
+        # A ';' ends a statement unless it sits in a string, a comment or a trigger body.
+        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
+            _keep_statement(statements, script[start : end + 1])
+            start = end + 1
+    rest = script[start:]
+    if rest.strip():
+        # A newline first, so that a trailing "-- comment" cannot swallow the ';'.
+        if not sqlite3.complete_statement(rest + "\n;"):
+            raise SchemaError(
+                f"incomplete SQL statement at the end of the script: {rest.strip()!r}"
+            )
+        _keep_statement(statements, rest)
+    return statements
+
+
+def _keep_statement(statements: list[str], statement: str) -> None:
+    if statement.strip().strip(";").strip():
+        statements.append(statement.strip())

@@ -306,13 +306,13 @@ def test_concurrent_openers_apply_each_migration_once(tmp_path: Path) -> None:
     ],
 )
 def test_split_sql(script: str, expected: list[str]) -> None:
-    from commander_os.storage._migrations import split_sql
+    from commander_os._sqlite import split_statements as split_sql
 
     assert split_sql(script) == expected
 
 
 def test_split_sql_refuses_an_incomplete_script() -> None:
-    from commander_os.storage._migrations import split_sql
+    from commander_os._sqlite import split_statements as split_sql
 
     with pytest.raises(SchemaError, match="incomplete"):
         split_sql("CREATE TABLE a (x); CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1;")

@@ -26,11 +26,11 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
@@ -50,6 +50,7 @@ __all__ = [
     "EncodedRecord",
     "StoredRecord",
     "TableName",
+    "TimeStamp",
     "change_record_json",
     "encode_records",
     "format_ts",
@@ -70,6 +71,24 @@ AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 TableName = Annotated[str, StringConstraints(pattern=TABLE_NAME_PATTERN)]
 RecordKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_BYTES)]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+
+
+def _utc(value: datetime) -> datetime:
+    """``value`` in UTC (a naive one is taken to be UTC, as the protocol says every ts is).
+
+    Raises ``ValueError`` for a moment outside years 1 to 9999 once in UTC (for example
+    ``0001-01-01T00:00:00+23:59``): it could be stored but never read back.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is outside years 1 to 9999 in UTC") from None
+
+
+#: A wire timestamp: ISO 8601, converted to UTC, within years 1 to 9999 there.
+TimeStamp = Annotated[datetime, AfterValidator(_utc)]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -121,15 +140,7 @@ class ChangeRecord(_Strict):
     op: Literal["upsert", "delete"]
     data: dict[str, Any] | None = None
     version: Version
-    ts: datetime
-
-    @field_validator("ts")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        # A naive timestamp is taken to be UTC, as the protocol says every ts is.
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+    ts: TimeStamp
 
     @model_validator(mode="after")
     def _data_matches_op(self) -> ChangeRecord:

@@ -34,6 +34,8 @@ from commander_os.protocol import (
     Ack,
     BatchRequest,
     ChangeRecord,
+    DeliveryRequest,
+    DeliveryResponse,
     ErrorBody,
     QueryRequest,
     QueryResponse,
@@ -44,7 +46,7 @@ from commander_os.relay._dashboard import render_dashboard
 from commander_os.relay._feed import MAX_WAIT_SECONDS, changes_page
 from commander_os.relay._guard import Caller, Guard
 from commander_os.relay._http import error_response, json_response, page_json
-from commander_os.relay._ingest import ingest
+from commander_os.relay._ingest import deliver, ingest, is_delivery
 from commander_os.relay._state import RelayState
 from commander_os.relay.central import CentralStore, CentralStoreUnavailable, store_for_config
 
@@ -121,9 +123,10 @@ async def _health(state: RelayState) -> Response:
 # ----------------------------------------------------------------------- app plumbing
 
 
-def _body_doc(model: type[Any]) -> dict[str, Any]:
+def _body_doc(*models: type[Any]) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for a route that parses its body itself (for speed)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = [m.model_json_schema(ref_template="#/components/schemas/{model}") for m in models]
+    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
@@ -140,7 +143,9 @@ def _install_openapi(app: FastAPI, models: Sequence[type[Any]]) -> None:
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     body = operation.get("requestBody", {}).get("content", {})
-                    body.get("application/json", {}).get("schema", {}).pop("$defs", None)
+                    schema_doc = body.get("application/json", {}).get("schema", {})
+                    for part in [schema_doc, *schema_doc.get("anyOf", [])]:
+                        part.pop("$defs", None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -224,11 +229,21 @@ def _add_write_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         body = await read_body(request, limits)
         return _ack_response(await ingest(state, caller, body, ChangeRecord))
 
-    @app.post("/relay/batch", response_model=Ack, openapi_extra=_body_doc(BatchRequest))
+    @app.post(
+        "/relay/batch",
+        response_model=Ack | DeliveryResponse,
+        openapi_extra=_body_doc(BatchRequest, DeliveryRequest),
+    )
     async def relay_batch(request: Request, caller: Caller = admit) -> Response:
-        """Apply many records of the token's agent (gzip or zstd body); one ack after the
-        commit. A batch naming any other agent is refused whole."""
+        """Apply many records (gzip or zstd body), answering after the durable commit.
+
+        Either the records of one agent (``{"agent_id", "records"}``, one ack), or a delivery
+        (``{"segments": [...]}``: the next changes of many agents' stores, each judged by the
+        identity rule, one ack per segment). A body naming an agent the token may not write
+        is refused whole."""
         body = await read_body(request, limits)
+        if is_delivery(body):
+            return _ack_response(await deliver(state, caller, body))
         return _ack_response(await ingest(state, caller, body, BatchRequest))
 
 
@@ -340,7 +355,7 @@ def create_app(
     app.state.relay = state
     app.add_middleware(_MetricsMiddleware, state=state)
     _install_error_handlers(app)
-    _install_openapi(app, [ChangeRecord, BatchRequest, QueryRequest])
+    _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest])
     admit = Depends(_caller_dependency(state.guard))
     _add_write_routes(app, state, admit)
     _add_read_routes(app, state, admit)

@@ -15,6 +15,7 @@ stay the single definition of what is valid, and this path can only be faster, n
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,16 +25,24 @@ from commander_os.config import LimitsConfig
 from commander_os.identifiers import AGENT_ID_PATTERN, MAX_KEY_BYTES, TABLE_NAME_PATTERN
 from commander_os.protocol import (
     MAX_BATCH_RECORDS,
+    MAX_INCARNATION,
+    MAX_SEGMENTS,
+    MAX_SEQ,
     MAX_VERSION,
     RECORD_FIELDS,
     REQUIRED_RECORD_FIELDS,
+    SEQ_BITS,
     BatchRequest,
     EncodedRecord,
+    Segment,
+    SegmentRecord,
+    split_version,
     ts_to_micros,
 )
 from commander_os.relay._body import exceeds_depth
+from commander_os.relay.central import SegmentHeader, WriteSegment
 
-__all__ = ["fast_batch", "fast_record"]
+__all__ = ["fast_batch", "fast_delivery", "fast_record"]
 
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
 _TABLE = re.compile(TABLE_NAME_PATTERN)
@@ -45,6 +54,14 @@ _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\
 _DIGITS_ONLY = bytes(57 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_NUMBER = b"9" * 20
 _BATCH_FIELDS = frozenset(BatchRequest.model_fields)
+_SEGMENT_FIELDS = frozenset(Segment.model_fields)
+_SEGMENT_REQUIRED = frozenset(n for n, f in Segment.model_fields.items() if f.is_required())
+_ITEM_FIELDS = frozenset(SegmentRecord.model_fields)
+_ITEM_REQUIRED = frozenset(n for n, f in SegmentRecord.model_fields.items() if f.is_required())
+# The microseconds of 0001-01-01 and 9999-12-31T23:59:59.999999 in UTC: a timestamp outside
+# them could be stored but never read back (the models refuse it with a clear message).
+_MIN_MICROS = -62135596800_000000
+_MAX_MICROS = 253402300799_999999
 _NEW = tuple.__new__  # EncodedRecord(...) goes through a Python-level __new__
 
 
@@ -136,9 +153,12 @@ class _Encoder:
             if not _TS.fullmatch(ts):
                 raise _Slow
             try:
-                micros = self.micros[ts] = ts_to_micros(datetime.fromisoformat(ts))
+                micros = ts_to_micros(datetime.fromisoformat(ts))
             except ValueError:
                 raise _Slow from None
+            if not _MIN_MICROS <= micros <= _MAX_MICROS:
+                raise _Slow
+            self.micros[ts] = micros
         return micros
 
     def _data_text(self, data: dict[str, Any]) -> str:
@@ -151,6 +171,77 @@ class _Encoder:
         if depth_bound > self.max_depth and exceeds_depth(data, self.max_depth):
             raise _Slow
         return raw.decode()
+
+    def segment_records(self, header: SegmentHeader, items: Any) -> list[EncodedRecord]:
+        """The records of one delivery segment: seqs past ``base`` in increasing order (or,
+        for a repair, not past it), versions from the segment's incarnation."""
+        if type(items) is not list:
+            raise _Slow
+        high = header.incarnation << SEQ_BITS
+        previous = header.base
+        out: list[EncodedRecord] = []
+        for item in items:
+            if type(item) is not dict or not _ITEM_REQUIRED <= item.keys() <= _ITEM_FIELDS:
+                raise _Slow
+            seq = item["seq"]
+            if type(seq) is not int or not 0 < seq <= MAX_SEQ:
+                raise _Slow
+            if (seq > header.base) if header.repair else (seq <= previous):
+                raise _Slow
+            previous = seq
+            item["agent_id"], item["version"] = self.agent_id, high | seq
+            self._check_names(self.agent_id, item["table"], item["key"])
+            out.append(self._record(item))
+        return out
+
+
+def _header(document: dict[str, Any]) -> SegmentHeader:
+    """The segment's identity fields, checked; ``through`` is filled in once its records are."""
+    incarnation, acked, base = document["incarnation"], document["acked"], document["base"]
+    segment_id = document["segment_id"]
+    claim, repair = document.get("claim", False), document.get("repair", False)
+    for number, top in (
+        (incarnation, MAX_INCARNATION),
+        (acked, MAX_SEQ),
+        (base, MAX_SEQ),
+        (segment_id, MAX_VERSION),
+    ):
+        if type(number) is not int or not 0 <= number <= top:
+            raise _Slow
+    if type(claim) is not bool or type(repair) is not bool or acked > base:
+        raise _Slow
+    return SegmentHeader(incarnation, acked, base, base, segment_id, claim, repair)
+
+
+def _segment(document: Any, limits: LimitsConfig) -> WriteSegment:
+    if type(document) is not dict or not _SEGMENT_REQUIRED <= document.keys() <= _SEGMENT_FIELDS:
+        raise _Slow
+    agent_id = document["agent_id"]
+    if type(agent_id) is not str or not _AGENT_ID.fullmatch(agent_id):
+        raise _Slow
+    header = _header(document)
+    records = _Encoder(agent_id, limits).segment_records(header, document.get("records", []))
+    if records and not header.repair:
+        header = replace(header, through=split_version(records[-1].version)[1])
+    return WriteSegment(agent_id, header, records)
+
+
+def fast_delivery(body: bytes, limits: LimitsConfig) -> list[WriteSegment] | None:
+    """The segments of a delivery body, or ``None`` when the slow path must decide."""
+    try:
+        document = _loads(body)
+        if type(document) is not dict or document.keys() != {"segments"}:
+            return None
+        segments = document["segments"]
+        if type(segments) is not list or not 0 < len(segments) <= MAX_SEGMENTS:
+            return None
+        decoded = [_segment(segment, limits) for segment in segments]
+        total = sum(len(segment.records) for segment in decoded)
+        if total > min(limits.max_batch_records, MAX_BATCH_RECORDS):
+            return None
+        return decoded
+    except _Slow:
+        return None
 
 
 def fast_record(body: bytes, limits: LimitsConfig) -> list[EncodedRecord] | None:

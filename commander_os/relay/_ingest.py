@@ -7,6 +7,7 @@ path declines. :func:`apply_writes` hands the records to the central store and a
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -14,13 +15,36 @@ import orjson
 
 from commander_os.config import LimitsConfig
 from commander_os.errors import CentralStoreUnavailable, ValueTooLarge
-from commander_os.protocol import Ack, BatchRequest, ChangeRecord, EncodedRecord, encode_records
+from commander_os.protocol import (
+    Ack,
+    BatchRequest,
+    ChangeRecord,
+    DeliveryRequest,
+    EncodedRecord,
+    Segment,
+    SegmentAck,
+    Verdict,
+    encode_records,
+    make_version,
+)
 from commander_os.relay._body import RequestProblem, check_records, parse_model
-from commander_os.relay._fastpath import fast_batch, fast_record
+from commander_os.relay._fastpath import fast_batch, fast_delivery, fast_record
 from commander_os.relay._guard import Caller, claimed_agents
 from commander_os.relay._state import RelayState
+from commander_os.relay.central import SegmentHeader, SegmentResult, WriteSegment
 
-__all__ = ["apply_writes", "decode_writes", "ingest"]
+__all__ = [
+    "apply_writes",
+    "decode_delivery",
+    "decode_writes",
+    "deliver",
+    "ingest",
+    "is_delivery",
+]
+
+# A delivery body as our shipper writes it starts with its only key; other forms are checked
+# by parsing (a body of another key order is still a delivery).
+_DELIVERY_START = re.compile(rb'\s*\{\s*"segments"\s*:')
 
 WriteShape = type[ChangeRecord] | type[BatchRequest]
 
@@ -50,6 +74,10 @@ def _fast(body: bytes, shape: WriteShape, limits: LimitsConfig) -> list[EncodedR
 def _slow(body: bytes, shape: WriteShape, limits: LimitsConfig) -> list[EncodedRecord]:
     model = parse_model(shape, body)
     records: Sequence[ChangeRecord] = model.records if isinstance(model, BatchRequest) else [model]
+    return _encoded(records, limits)
+
+
+def _encoded(records: Sequence[ChangeRecord], limits: LimitsConfig) -> list[EncodedRecord]:
     check_records(list(records), limits)
     try:
         return encode_records(records, max_value_bytes=limits.max_value_bytes)
@@ -59,26 +87,125 @@ def _slow(body: bytes, shape: WriteShape, limits: LimitsConfig) -> list[EncodedR
         raise RequestProblem(422, "invalid_value", str(exc)) from None
 
 
-async def apply_writes(state: RelayState, records: list[EncodedRecord]) -> list[Ack]:
-    """Apply ``records`` durably; count them and wake the change feed's waiters."""
+def is_delivery(body: bytes) -> bool:
+    """Whether a ``/relay/batch`` body is a delivery (``{"segments": [...]}``)."""
+    if _DELIVERY_START.match(body):
+        return True
+    if b'"segments"' not in body:
+        return False
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and "segments" in document
+
+
+def decode_delivery(body: bytes, limits: LimitsConfig, caller: Caller) -> list[WriteSegment]:
+    """The segments of a delivery body (``{"segments": [...]}``), checked against ``limits``
+    and the caller's right to write every segment's agent."""
+    segments = fast_delivery(body, limits)
+    if segments is None:
+        request = parse_model(DeliveryRequest, body)
+        segments = [_slow_segment(segment, limits) for segment in request.segments]
+    caller.check_write(segment.agent_id for segment in segments)
+    return segments
+
+
+def _slow_segment(segment: Segment, limits: LimitsConfig) -> WriteSegment:
+    records = [
+        ChangeRecord(
+            agent_id=segment.agent_id,
+            table=record.table,
+            key=record.key,
+            op=record.op,
+            data=record.data,
+            version=make_version(segment.incarnation, record.seq),
+            ts=record.ts,
+        )
+        for record in segment.records
+    ]
+    header = SegmentHeader(
+        segment.incarnation,
+        segment.acked,
+        segment.base,
+        segment.through,
+        segment.segment_id,
+        segment.claim,
+        segment.repair,
+    )
+    return WriteSegment(segment.agent_id, header, _encoded(records, limits))
+
+
+async def apply_writes(state: RelayState, segments: list[WriteSegment]) -> list[SegmentResult]:
+    """Apply ``segments`` durably; count them and wake the change feed's waiters."""
     if not state.config.enable_storage_sync:
         raise CentralStoreUnavailable("storage sync is disabled on this relay")
     started = time.perf_counter()
     try:
-        acks = await state.store.apply_encoded(records)
+        results = await state.store.apply_segments(segments)
     except ValueTooLarge as exc:
         raise RequestProblem(413, "value_too_large", str(exc)) from None
     except ValueError as exc:  # data the store cannot keep (e.g. U+0000 in PostgreSQL)
         raise RequestProblem(422, "invalid_value", str(exc)) from None
     state.metrics.apply_latency.observe(time.perf_counter() - started)
-    for ack in acks:
-        state.metrics.count_records(ack.applied, ack.ignored)
+    for result in results:
+        state.metrics.count_records(result.applied, result.ignored)
     state.changes.notify()
-    return acks
+    return results
+
+
+def _plain_segments(records: list[EncodedRecord]) -> list[WriteSegment]:
+    by_agent: dict[str, list[EncodedRecord]] = {}
+    for record in records:
+        by_agent.setdefault(record.agent_id, []).append(record)
+    return [WriteSegment(agent, None, recs) for agent, recs in by_agent.items()]
+
+
+def _segment_ack(segment: WriteSegment, result: SegmentResult) -> dict[str, object]:
+    outcome = result.outcome
+    assert outcome is not None
+    return SegmentAck(
+        agent_id=result.agent_id,
+        verdict=outcome.verdict,
+        incarnation=outcome.incarnation,
+        through=outcome.through,
+        count=result.count,
+        applied=result.applied,
+        ignored=result.ignored,
+        relay_incarnation=outcome.relay_incarnation,
+        relay_seq_hi=outcome.relay_seq_hi,
+        highest_version=result.highest_version,
+        detail=_DETAILS.get(outcome.verdict),
+    ).model_dump()
+
+
+_DETAILS = {
+    Verdict.REINCARNATE: "use the granted incarnation and resend your pending changes",
+    Verdict.SUPERSEDED: (
+        "another store took this agent over: changes stay queued until an operator claims "
+        "the agent for this store or retires it"
+    ),
+    Verdict.REGRESSED: "this relay lost acknowledged data: re-ship your current state",
+    Verdict.OUT_OF_ORDER: "an earlier segment has not arrived: resend after it",
+}
+
+
+async def deliver(state: RelayState, caller: Caller, body: bytes) -> bytes:
+    """Judge and apply a delivery body; the JSON of its per-segment acknowledgements."""
+    segments = decode_delivery(body, state.config.limits, caller)
+    results = await apply_writes(state, segments)
+    acks = [_segment_ack(s, r) for s, r in zip(segments, results, strict=True)]
+    return orjson.dumps({"acks": acks})
 
 
 async def ingest(state: RelayState, caller: Caller, body: bytes, shape: WriteShape) -> bytes:
-    """Decode, authorise and apply one write body; the JSON of its acknowledgement."""
+    """Decode, authorise and apply one plain write body; the JSON of its acknowledgement."""
     records = decode_writes(body, shape, state.config.limits, caller, fast=True)
-    (ack,) = await apply_writes(state, records)
+    (result,) = await apply_writes(state, _plain_segments(records))
+    ack = Ack(
+        agent_id=result.agent_id,
+        highest_version=result.highest_version,
+        applied=result.applied,
+        ignored=result.ignored,
+    )
     return orjson.dumps(ack.model_dump())

@@ -33,7 +33,6 @@ __all__ = [
     "check_migrations",
     "current_version",
     "run_migrations",
-    "split_sql",
 ]
 
 CREATE_SCHEMA_VERSION = """
@@ -60,34 +59,6 @@ class Migration:
     version: int
     description: str
     apply: str | Callable[[sqlite3.Connection], object]
-
-
-def split_sql(script: str) -> list[str]:
-    """Split a SQL script into complete statements (trigger bodies stay whole).
-
-    Statements may share a line; the last one may omit its ``;``.
-    """
-    statements: list[str] = []
-    start = 0
-    for end, char in enumerate(script):
-        # A ';' ends a statement unless it sits in a string, a comment or a trigger body.
-        if char == ";" and sqlite3.complete_statement(script[start : end + 1]):
-            _keep(statements, script[start : end + 1])
-            start = end + 1
-    rest = script[start:]
-    if rest.strip():
-        # A newline first, so that a trailing "-- comment" cannot swallow the ';'.
-        if not sqlite3.complete_statement(rest + "\n;"):
-            raise SchemaError(
-                f"incomplete SQL statement at the end of the script: {rest.strip()!r}"
-            )
-        _keep(statements, rest)
-    return statements
-
-
-def _keep(statements: list[str], statement: str) -> None:
-    if statement.strip().strip(";").strip():
-        statements.append(statement.strip())
 
 
 def check_migrations(migrations: Sequence[Migration]) -> None:
@@ -144,7 +115,7 @@ def run_migrations(
 def _apply(conn: sqlite3.Connection, migration: Migration) -> None:
     try:
         if isinstance(migration.apply, str):
-            for statement in split_sql(migration.apply):
+            for statement in db.split_statements(migration.apply):
                 conn.execute(statement)
         else:
             migration.apply(conn)

@@ -314,17 +314,23 @@ async def test_agent_table_key_and_prefix_filters(central_store: CentralStore) -
     assert await keys(agent_id="nobody") == []
 
 
-async def test_updated_since_filters_on_the_record_ts(central_store: CentralStore) -> None:
-    base = datetime(2026, 1, 1, tzinfo=UTC)
+async def test_updated_since_filters_on_the_relays_receive_time(
+    central_store: CentralStore,
+) -> None:
+    # Writers' clocks are not to be trusted (issue: updated_since under writer clock skew):
+    # the filter uses the time the relay received each record; ts stays the writer's.
+    skewed = datetime(2026, 1, 1, tzinfo=UTC) - timedelta(days=400)
+    await central_store.apply([make_record(f"old{i}", i + 1, {}, ts=skewed) for i in range(3)])
+    await asyncio.sleep(0.01)
+    since = datetime.now(UTC)
+    await asyncio.sleep(0.01)
     await central_store.apply(
-        [make_record(f"k{i}", i + 1, {}, ts=base + timedelta(minutes=i)) for i in range(10)]
+        [make_record(f"new{i}", i + 10, {}, ts=skewed - timedelta(days=i)) for i in range(3)]
     )
-    since = base + timedelta(minutes=7)
-    assert [r.key for r in await everything(central_store, updated_since=since)] == [
-        "k7",
-        "k8",
-        "k9",
-    ]
+    found = await everything(central_store, updated_since=since)
+    assert [r.key for r in found] == ["new0", "new1", "new2"]
+    assert {r.ts for r in found} == {skewed - timedelta(days=i) for i in range(3)}
+    assert len(await everything(central_store, updated_since=since - timedelta(days=1))) == 6
 
 
 async def test_pagination_visits_every_record_once(central_store: CentralStore) -> None:

@@ -177,3 +177,84 @@ def test_timestamps_shared_by_records_are_checked_for_each_record() -> None:
     assert fast_batch(orjson.dumps({"agent_id": "agent-a", "records": bad}), LIMITS) is None
     late = [VALID, {**VALID, "key": "j", "version": 0}]
     assert fast_batch(orjson.dumps({"agent_id": "agent-a", "records": late}), LIMITS) is None
+
+
+# -- deliveries (``{"segments": [...]}``) ---------------------------------------------------
+
+
+@st.composite
+def segment_items(draw: st.DrawFn, base: int) -> list[dict[str, Any]]:
+    items = []
+    seq = base
+    for record in draw(st.lists(wire_records(), max_size=4)):
+        record.pop("agent_id", None)
+        record.pop("version", None)
+        seq += draw(st.integers(-1, 3))
+        record["seq"] = draw(st.sampled_from([seq, seq, 0, 2**32, "7"]))
+        items.append(record)
+    return items
+
+
+@st.composite
+def segments(draw: st.DrawFn) -> dict[str, Any]:
+    base = draw(st.integers(0, 5))
+    document: dict[str, Any] = {
+        "agent_id": draw(st.sampled_from(["agent-a", "agent-b", "Bad", 3])),
+        "incarnation": draw(st.sampled_from([0, 1, 7, -1, 2**31, True])),
+        "acked": draw(st.sampled_from([0, base, base + 1])),
+        "base": base,
+        "segment_id": draw(st.sampled_from([1, 2**62, -5])),
+        "records": draw(segment_items(base)),
+    }
+    for flag in ("claim", "repair"):
+        if draw(st.booleans()):
+            document[flag] = draw(st.sampled_from([True, False, 1]))
+    return document
+
+
+def slow_delivery(body: bytes) -> list[Any] | None:
+    """What the models (plus the relay's extra checks) make of a delivery; None if refused."""
+    from commander_os.protocol import DeliveryRequest
+    from commander_os.relay._ingest import _slow_segment
+
+    try:
+        request = DeliveryRequest.model_validate_json(body)
+        return [_slow_segment(segment, LIMITS) for segment in request.segments]
+    except (ValidationError, RequestProblem, ValueError):
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents=st.lists(segments(), min_size=1, max_size=3))
+def test_fast_delivery_is_a_subset_of_the_models(documents: list[dict[str, Any]]) -> None:
+    from commander_os.relay._fastpath import fast_delivery
+
+    body = dumps({"segments": documents})
+    fast = fast_delivery(body, LIMITS)
+    if fast is not None:
+        assert fast == slow_delivery(body)
+
+
+def test_well_formed_deliveries_take_the_fast_path() -> None:
+    from commander_os.relay._fastpath import fast_delivery
+
+    record = {k: v for k, v in VALID.items() if k not in ("agent_id", "version")}
+    body = orjson.dumps(
+        {
+            "segments": [
+                {
+                    "agent_id": "agent-a",
+                    "incarnation": 3,
+                    "acked": 1,
+                    "base": 4,
+                    "segment_id": 99,
+                    "records": [{**record, "seq": 5}, {**record, "key": "j", "seq": 9}],
+                }
+            ]
+        }
+    )
+    fast = fast_delivery(body, LIMITS)
+    assert fast is not None
+    assert fast == slow_delivery(body)
+    assert fast[0].header is not None
+    assert fast[0].header.through == 9

@@ -20,6 +20,8 @@ from commander_os.relay.central._base import (
     QueryTimeout,
     StoreHealth,
 )
+from commander_os.relay.central._group_commit import SegmentResult
+from commander_os.relay.central._identity import AgentState, Outcome, SegmentHeader, WriteSegment
 from commander_os.relay.central._sqlite_store import SQLiteCentralStore
 from commander_os.relay.central._transfer import ImportResult, export_records, import_records
 
@@ -27,15 +29,20 @@ if TYPE_CHECKING:
     from commander_os.relay.central._postgres_store import PostgresCentralStore
 
 __all__ = [
+    "AgentState",
     "CentralStore",
     "CentralStoreError",
     "CentralStoreUnavailable",
     "ImportResult",
     "InvalidCursor",
+    "Outcome",
     "PostgresCentralStore",
     "QueryTimeout",
     "SQLiteCentralStore",
+    "SegmentHeader",
+    "SegmentResult",
     "StoreHealth",
+    "WriteSegment",
     "export_records",
     "import_records",
     "store_for_config",

@@ -52,7 +52,8 @@ from commander_os.protocol import (
     encode_records,
     micros_to_ts,
 )
-from commander_os.relay.central._group_commit import GroupWriter
+from commander_os.relay.central._group_commit import GroupWriter, SegmentResult
+from commander_os.relay.central._identity import WriteSegment
 
 __all__ = [
     "CentralStore",
@@ -120,15 +121,38 @@ class CentralStore(ABC):
         )
 
     async def apply_encoded(self, records: Sequence[EncodedRecord]) -> list[Ack]:
-        """:meth:`apply` for records already encoded (the relay's ingest path)."""
+        """:meth:`apply` for records already encoded: a plain write, without identity checks."""
         if not records:
             return []
-        encoded = list(records)
-        self._check_storable(encoded)
+        by_agent: dict[str, list[EncodedRecord]] = {}
+        for record in records:
+            by_agent.setdefault(record.agent_id, []).append(record)
+        segments = [WriteSegment(agent, None, recs) for agent, recs in by_agent.items()]
+        return [
+            Ack(
+                agent_id=result.agent_id,
+                highest_version=result.highest_version,
+                applied=result.applied,
+                ignored=result.ignored,
+            )
+            for result in await self.apply_segments(segments)
+        ]
+
+    async def apply_segments(self, segments: Sequence[WriteSegment]) -> list[SegmentResult]:
+        """Judge delivery segments by the identity rule and apply those it accepts, durably;
+        plain segments (no header) are applied as they are. One result per segment, in order.
+
+        Raises ``ValueTooLarge``/``ValueError`` before writing anything if a value cannot be
+        stored, and :class:`CentralStoreUnavailable` if the store cannot commit.
+        """
+        if not segments:
+            return []
+        for segment in segments:
+            self._check_storable(segment.records)
         writer = self._writer
         if writer is None:
             raise CentralStoreUnavailable("central store is closed")
-        return await writer.submit(encoded)
+        return await writer.submit(list(segments))
 
     def _check_storable(self, records: list[EncodedRecord]) -> None:  # noqa: B027 - optional
         """Raise ``ValueError`` for a record this backend cannot keep (before any write)."""

@@ -11,7 +11,10 @@ it happened to be grouped with; a job that fails alone gets the backend's error.
 :class:`~commander_os.errors.CentralStoreUnavailable` (the database is away) fails the whole
 group at once: retrying its jobs one by one would only fail them again, slower.
 
-Backends supply only ``commit(group) -> CommitResult``; acks are built here.
+Jobs are lists of :class:`~._identity.WriteSegment`: delivery segments are first judged by the
+identity rule (:mod:`._identity`), inside the same transaction, and only accepted segments are
+merged. Backends supply only ``commit(jobs) -> CommitResult`` (read the judged agents' state,
+:meth:`GroupPlan.of`, write); each segment's result is built here.
 """
 
 from __future__ import annotations
@@ -20,13 +23,26 @@ import asyncio
 import operator
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count, repeat
 
 from commander_os.errors import CentralStoreUnavailable
-from commander_os.protocol import Ack, EncodedRecord
+from commander_os.protocol import EncodedRecord
+from commander_os.relay.central._identity import (
+    AgentState,
+    Outcome,
+    WriteSegment,
+    judge_segments,
+)
 
-__all__ = ["CommitResult", "GroupWriter", "MergedGroup"]
+__all__ = [
+    "CommitResult",
+    "GroupPlan",
+    "GroupWriter",
+    "MergedGroup",
+    "SegmentResult",
+    "judged_agents",
+]
 
 Identity = tuple[str, str, str]  # (agent_id, key, table): the order of the unique indexes
 
@@ -40,13 +56,14 @@ _SECOND = operator.itemgetter(1)
 
 @dataclass
 class _Job:
-    records: list[EncodedRecord]
-    future: asyncio.Future[list[Ack]]
+    segments: list[WriteSegment]
+    future: asyncio.Future[list[SegmentResult]]
 
 
 @dataclass
 class MergedGroup:
-    """What one transaction writes: the newest record of each identity among the group's jobs.
+    """What one transaction writes: the newest record of each identity among the accepted
+    segments of the group's jobs.
 
     ``rows`` are sorted by identity (the unique index's order: inserts land in index order and
     concurrent writers lock rows in one order). ``rev_rank[i]`` is the place of ``rows[i]`` in
@@ -55,20 +72,19 @@ class MergedGroup:
     """
 
     rows: list[EncodedRecord]
-    #: For each row, the job it came from.
-    jobs: list[int]
+    #: For each row, the (job, segment) it came from.
+    origins: list[tuple[int, int]]
     rev_rank: list[int]
-    #: Each agent's highest version among every record of the group (winners or not).
+    #: Each agent's highest version among every accepted record (winners or not).
     highest: dict[str, int]
-    job_records: list[list[EncodedRecord]] = field(repr=False)
 
     @classmethod
-    def of(cls, jobs: Sequence[list[EncodedRecord]]) -> MergedGroup:
-        """Merge the record lists of ``jobs`` (in arrival order)."""
-        winners: dict[Identity, tuple[int, EncodedRecord]] = {}
+    def of(cls, accepted: Sequence[tuple[tuple[int, int], list[EncodedRecord]]]) -> MergedGroup:
+        """Merge the records of accepted segments, each tagged with its (job, segment)."""
+        winners: dict[Identity, tuple[tuple[int, int], EncodedRecord]] = {}
         highest: dict[str, int] = {}
-        for index, records in enumerate(jobs):
-            _merge_winners(winners, index, records)
+        for origin, records in accepted:
+            _merge_winners(winners, origin, records)
             _merge_highest(highest, records)
         ordered = list(map(winners.__getitem__, sorted(winners)))
         rows = list(map(_SECOND, ordered))
@@ -77,14 +93,16 @@ class MergedGroup:
         rank = [0] * len(rows)
         for position, (_, _, row_index) in enumerate(by_version):
             rank[row_index] = position
-        return cls(rows, list(map(_FIRST, ordered)), rank, highest, list(jobs))
+        return cls(rows, list(map(_FIRST, ordered)), rank, highest)
 
 
 def _merge_winners(
-    winners: dict[Identity, tuple[int, EncodedRecord]], index: int, records: list[EncodedRecord]
+    winners: dict[Identity, tuple[tuple[int, int], EncodedRecord]],
+    origin: tuple[int, int],
+    records: list[EncodedRecord],
 ) -> None:
-    # The common case in C: no identity repeats, within the job or with earlier jobs.
-    mine = dict(zip(map(_IDENT, records), zip(repeat(index), records), strict=True))
+    # The common case in C: no identity repeats, within the segment or with earlier ones.
+    mine = dict(zip(map(_IDENT, records), zip(repeat(origin), records), strict=True))
     if len(mine) == len(records) and winners.keys().isdisjoint(mine):
         winners.update(mine)
         return
@@ -92,7 +110,7 @@ def _merge_winners(
         ident = _IDENT(rec)
         held = winners.get(ident)
         if held is None or rec.version > held[1].version:
-            winners[ident] = (index, rec)
+            winners[ident] = (origin, rec)
 
 
 def _merge_highest(highest: dict[str, int], records: list[EncodedRecord]) -> None:
@@ -109,38 +127,83 @@ def _merge_highest(highest: dict[str, int], records: list[EncodedRecord]) -> Non
 
 
 @dataclass(frozen=True, slots=True)
-class CommitResult:
-    """What a backend's commit reports: which rows changed the store, and each agent's
-    high-water mark after the commit."""
+class GroupPlan:
+    """A group judged and merged: what to write, and each segment's outcome."""
 
-    #: Indexes into ``MergedGroup.rows`` of the rows that were inserted or replaced.
+    merged: MergedGroup
+    outcomes: list[list[Outcome | None]]
+    #: Agents whose identity state changed, with their new state.
+    states: dict[str, AgentState]
+
+    @classmethod
+    def of(cls, jobs: Sequence[Sequence[WriteSegment]], states: dict[str, AgentState]) -> GroupPlan:
+        """Judge every segment against ``states``, then merge the records of accepted ones."""
+        outcomes, changed = judge_segments(jobs, states)
+        accepted: list[tuple[tuple[int, int], list[EncodedRecord]]] = []
+        for job_index, job in enumerate(jobs):
+            for seg_index, segment in enumerate(job):
+                outcome = outcomes[job_index][seg_index]
+                if segment.records and (outcome is None or outcome.apply):
+                    accepted.append(((job_index, seg_index), segment.records))
+        return cls(MergedGroup.of(accepted), outcomes, changed)
+
+
+def judged_agents(jobs: Sequence[Sequence[WriteSegment]]) -> list[str]:
+    """The agents whose identity a group must read (those with delivery segments), sorted:
+    stores that lock them take the locks in one order."""
+    return sorted({seg.agent_id for job in jobs for seg in job if seg.header is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a backend's commit reports: the plan it executed, which of its rows changed the
+    store, and each agent's high-water mark after the commit."""
+
+    plan: GroupPlan
+    #: Indexes into ``plan.merged.rows`` of the rows that were inserted or replaced.
     applied_rows: Sequence[int]
     high_water: dict[str, int]
 
 
-def _acks(group: MergedGroup, result: CommitResult) -> list[list[Ack]]:
-    """One ack per agent per job, in first-seen order: applied and ignored records."""
-    rows = list(map(group.rows.__getitem__, result.applied_rows))
-    jobs = map(group.jobs.__getitem__, result.applied_rows)
-    applied = Counter(zip(jobs, map(_AGENT, rows), strict=True))
-    answers: list[list[Ack]] = []
-    for index, records in enumerate(group.job_records):
-        totals = Counter(map(_AGENT, records))  # in C; a Counter keeps first-seen order
-        answers.append(
-            [
-                Ack(
-                    agent_id=agent,
-                    highest_version=result.high_water[agent],
-                    applied=applied[(index, agent)],
-                    ignored=total - applied[(index, agent)],
+@dataclass(frozen=True, slots=True)
+class SegmentResult:
+    """One segment's answer: its outcome (None for a plain write) and its record counts."""
+
+    agent_id: str
+    outcome: Outcome | None
+    count: int
+    applied: int
+    ignored: int
+    highest_version: int
+
+
+def _results(jobs: list[_Job], result: CommitResult) -> list[list[SegmentResult]]:
+    merged = result.plan.merged
+    origins = map(merged.origins.__getitem__, result.applied_rows)
+    applied = Counter(origins)
+    answers: list[list[SegmentResult]] = []
+    for job_index, job in enumerate(jobs):
+        row = []
+        for seg_index, segment in enumerate(job.segments):
+            outcome = result.plan.outcomes[job_index][seg_index]
+            count_ = len(segment.records)
+            done = applied[(job_index, seg_index)]
+            taken = outcome is None or outcome.apply
+            row.append(
+                SegmentResult(
+                    segment.agent_id,
+                    outcome,
+                    count_,
+                    done,
+                    count_ - done if taken else 0,
+                    result.high_water.get(segment.agent_id, 0),
                 )
-                for agent, total in totals.items()
-            ]
-        )
+            )
+        answers.append(row)
     return answers
 
 
-Commit = Callable[[MergedGroup], Awaitable[CommitResult]]
+Commit = Callable[[list[list[WriteSegment]]], Awaitable[CommitResult]]
 FailureOf = Callable[[Exception], Exception]
 
 
@@ -182,11 +245,11 @@ class GroupWriter:
         self._queue.put_nowait(None)
         await task
 
-    async def submit(self, records: list[EncodedRecord]) -> list[Ack]:
-        """Queue ``records`` for the next group; their acks once it is durably committed."""
+    async def submit(self, segments: list[WriteSegment]) -> list[SegmentResult]:
+        """Queue ``segments`` for the next group; their results once it is durably committed."""
         if self._task is None:
             raise CentralStoreUnavailable("central store is closed")
-        job = _Job(records, asyncio.get_running_loop().create_future())
+        job = _Job(segments, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(job)
         return await job.future
 
@@ -208,15 +271,14 @@ class GroupWriter:
                 return group, True  # finish what was queued before the stop, then leave
             if not item.future.done():  # a cancelled caller was never acked: drop it
                 group.append(item)
-                size += len(item.records)
+                size += sum(len(segment.records) for segment in item.segments)
             if size >= self._max_records or self._queue.empty():
                 return group, False
             item = self._queue.get_nowait()
 
     async def _commit_safely(self, group: list[_Job]) -> None:
-        merged = MergedGroup.of([job.records for job in group])
         try:
-            result = await self._commit(merged)
+            result = await self._commit([job.segments for job in group])
         except CentralStoreUnavailable as exc:
             _fail(group, exc)
         except Exception as exc:
@@ -227,9 +289,9 @@ class GroupWriter:
             _fail(group, self._failure_of(exc))
         else:
             self.commits += 1
-            for job, acks in zip(group, _acks(merged, result), strict=True):
+            for job, answer in zip(group, _results(group, result), strict=True):
                 if not job.future.done():
-                    job.future.set_result(acks)
+                    job.future.set_result(answer)
 
     def _fail_leftovers(self) -> None:
         while not self._queue.empty():

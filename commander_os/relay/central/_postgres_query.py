@@ -288,7 +288,7 @@ def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
     if not request.include_deleted:
         where.append("NOT deleted")
     if request.updated_since is not None:
-        where.append("ts >= %s")
+        where.append("received >= %s")
         params.append(ts_to_micros(request.updated_since))
     if request.cursor is not None:
         where.append("rev > %s")

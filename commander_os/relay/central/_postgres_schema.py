@@ -92,7 +92,21 @@ class Migration:
     statements: str
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "records, rev counter, agents", V1_RECORDS),)
+V2_IDENTITY = """
+ALTER TABLE records ADD COLUMN received bigint;
+UPDATE records SET received = ts;
+ALTER TABLE records ALTER COLUMN received SET NOT NULL;
+ALTER TABLE agents ADD COLUMN incarnation bigint NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN seq_hi bigint NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN last_base bigint NOT NULL DEFAULT -1;
+ALTER TABLE agents ADD COLUMN last_through bigint NOT NULL DEFAULT -1;
+ALTER TABLE agents ADD COLUMN last_segment bigint NOT NULL DEFAULT -1;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "records, rev counter, agents", V1_RECORDS),
+    Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -42,7 +42,14 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from commander_os.protocol import EncodedRecord, QueryRequest
 from commander_os.relay.central._base import CentralStore, CentralStoreUnavailable, QueryTimeout
-from commander_os.relay.central._group_commit import CommitResult, GroupWriter, MergedGroup
+from commander_os.relay.central._group_commit import (
+    CommitResult,
+    GroupPlan,
+    GroupWriter,
+    MergedGroup,
+    judged_agents,
+)
+from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import check_schema_name, migrate
 
@@ -54,18 +61,34 @@ DEFAULT_POOL_SIZE = 8
 #: Seconds a write may run; a stuck writer must not hold the revision lock forever.
 WRITE_STATEMENT_TIMEOUT = 60.0
 
+#: Taken first by every writer, on every relay: the lock that orders revisions (see above).
+LOCK_REVS = "SELECT last_rev FROM rev_counter FOR UPDATE"
 BUMP_REVS = "UPDATE rev_counter SET last_rev = last_rev + %s RETURNING last_rev"
+SELECT_STATES = """
+SELECT agent_id, incarnation, seq_hi, last_base, last_through, last_segment, highest_version
+FROM agents WHERE agent_id = ANY(%s::text[]) ORDER BY agent_id FOR UPDATE
+"""
+UPSERT_STATES = """
+INSERT INTO agents AS a (agent_id, highest_version, last_seen, incarnation, seq_hi, last_base,
+                         last_through, last_segment)
+SELECT * FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
+                     %s::int8[], %s::int8[])
+ON CONFLICT (agent_id) DO UPDATE SET
+    last_seen = greatest(a.last_seen, excluded.last_seen), incarnation = excluded.incarnation,
+    seq_hi = excluded.seq_hi, last_base = excluded.last_base,
+    last_through = excluded.last_through, last_segment = excluded.last_segment
+"""
 UPSERT_RECORDS = """
-INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev)
+INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev, received)
 SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data,
-       (SELECT last_rev FROM rev_counter) - %(count)s::bigint + 1 + s.rank
+       (SELECT last_rev FROM rev_counter) - %(count)s::bigint + 1 + s.rank, %(received)s
 FROM unnest(%(agent_id)b::text[], %(tbl)b::text[], %(key)b::text[], %(version)b::int8[],
             %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[], %(rank)b::int8[])
      WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, rank, n)
 ORDER BY s.n
 ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
     version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
-    data = excluded.data, rev = excluded.rev
+    data = excluded.data, rev = excluded.rev, received = excluded.received
 WHERE excluded.version > r.version
 RETURNING r.rev
 """
@@ -249,30 +272,50 @@ class PostgresCentralStore(CentralStore):
     def _check_storable(self, records: list[EncodedRecord]) -> None:
         _check_storable(records)
 
-    async def _commit(self, group: MergedGroup) -> CommitResult:
+    async def _commit(self, jobs: list[list[WriteSegment]]) -> CommitResult:
         pool = self._writers
         if pool is None:
             raise CentralStoreUnavailable("central store is closed")
-        rows = group.rows
         try:
-            async with pool.connection() as conn:
-                async with conn.pipeline(), conn.transaction():
-                    bump = await conn.execute(BUMP_REVS, (len(rows),))
-                    upsert = await conn.execute(UPSERT_RECORDS, _upsert_params(group))
-                    agents = await conn.execute(
-                        UPSERT_AGENTS, _agent_params(group, time.time_ns() // 1000)
-                    )
-                bumped = await bump.fetchone()
-                changed = await upsert.fetchall()
-                hwm = {agent: int(version) for agent, version in await agents.fetchall()}
+            async with pool.connection() as conn, conn.transaction():
+                return await self._commit_in(conn, jobs)
         except _UNAVAILABLE as exc:
             raise CentralStoreUnavailable(f"central store unavailable: {_one_line(exc)}") from exc
-        assert bumped is not None
-        # The rows' revs are first_rev + rank: map them back to the rows that changed.
-        first_rev = int(bumped[0]) - len(rows) + 1
-        row_of_rank = {rank: index for index, rank in enumerate(group.rev_rank)}
-        applied = [row_of_rank[rev - first_rev] for (rev,) in changed]
-        return CommitResult(applied, hwm)
+
+    async def _commit_in(
+        self, conn: AsyncConnection[Any], jobs: list[list[WriteSegment]]
+    ) -> CommitResult:
+        """One group in the open transaction: lock the revisions (always first, so relays
+        never deadlock), judge the delivery segments against the locked agent rows, write."""
+        now_us = time.time_ns() // 1000
+        await conn.execute(LOCK_REVS)
+        judged = await self._states(conn, judged_agents(jobs))
+        plan = GroupPlan.of(jobs, judged)
+        group = plan.merged
+        hwm = {agent: state.highest_version for agent, state in judged.items()}
+        applied: list[int] = []
+        if group.rows:
+            async with conn.pipeline():
+                bump = await conn.execute(BUMP_REVS, (len(group.rows),))
+                upsert = await conn.execute(UPSERT_RECORDS, _upsert_params(group, now_us))
+                agents = await conn.execute(UPSERT_AGENTS, _agent_params(group, now_us))
+            bumped = await bump.fetchone()
+            changed = await upsert.fetchall()
+            hwm.update({agent: int(version) for agent, version in await agents.fetchall()})
+            assert bumped is not None
+            # The rows' revs are first_rev + rank: map them back to the rows that changed.
+            first_rev = int(bumped[0]) - len(group.rows) + 1
+            row_of_rank = {rank: index for index, rank in enumerate(group.rev_rank)}
+            applied = [row_of_rank[rev - first_rev] for (rev,) in changed]
+        if plan.states:
+            await conn.execute(UPSERT_STATES, _state_params(plan.states, hwm, now_us))
+        return CommitResult(plan, applied, hwm)
+
+    async def _states(self, conn: AsyncConnection[Any], agents: list[str]) -> dict[str, AgentState]:
+        if not agents:
+            return {}
+        cursor = await conn.execute(SELECT_STATES, (agents,))
+        return {agent: AgentState(*values) for agent, *values in await cursor.fetchall()}
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -317,10 +360,11 @@ class PostgresCentralStore(CentralStore):
         return {"database": describe_url(self.url), "schema": self.schema}
 
 
-def _upsert_params(group: MergedGroup) -> dict[str, Any]:
+def _upsert_params(group: MergedGroup, now_us: int) -> dict[str, Any]:
     rows = group.rows
     return {
         "count": len(rows),
+        "received": now_us,
         "agent_id": [r.agent_id for r in rows],
         "tbl": [r.table for r in rows],
         "key": [r.key for r in rows],
@@ -335,6 +379,26 @@ def _upsert_params(group: MergedGroup) -> dict[str, Any]:
 def _agent_params(group: MergedGroup, now_us: int) -> tuple[list[str], list[int], list[int]]:
     agents = sorted(group.highest)
     return agents, [group.highest[a] for a in agents], [now_us] * len(agents)
+
+
+def _state_params(
+    states: dict[str, AgentState], hwm: dict[str, int], now_us: int
+) -> tuple[list[Any], ...]:
+    agents = sorted(states)
+    values = [states[agent] for agent in agents]
+    return (
+        agents,
+        [
+            hwm.get(agent, state.highest_version)
+            for agent, state in zip(agents, values, strict=True)
+        ],
+        [now_us] * len(agents),
+        [state.incarnation for state in values],
+        [state.seq_hi for state in values],
+        [state.last_base for state in values],
+        [state.last_through for state in values],
+        [state.last_segment_id for state in values],
+    )
 
 
 def _commit_failure(exc: Exception) -> Exception:

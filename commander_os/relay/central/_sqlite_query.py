@@ -49,7 +49,7 @@ def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
     if not request.include_deleted:
         where.append("deleted = 0")
     if request.updated_since is not None:
-        where.append("ts >= ?")
+        where.append("received >= ?")
         params.append(ts_to_micros(request.updated_since))
     if request.cursor is not None:
         where.append("rev > ?")

@@ -40,13 +40,20 @@ from commander_os.relay.central._base import (
     CentralStoreUnavailable,
     QueryTimeout,
 )
-from commander_os.relay.central._group_commit import CommitResult, GroupWriter, MergedGroup
+from commander_os.relay.central._group_commit import (
+    CommitResult,
+    GroupPlan,
+    GroupWriter,
+    MergedGroup,
+    judged_agents,
+)
+from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._sqlite_query import build_query
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
 
 DEFAULT_DB_NAME = "central.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Keys per lookup of existing rows (well under SQLite's bound-parameter limit).
 LOOKUP_CHUNK = 500
 #: Records merged into one transaction at most; bounds the time one commit holds the lock.
@@ -85,7 +92,8 @@ CREATE TABLE IF NOT EXISTS records (
     version  INTEGER NOT NULL,
     ts       INTEGER NOT NULL,
     deleted  INTEGER NOT NULL,
-    data     TEXT
+    data     TEXT,
+    received INTEGER NOT NULL
 );
 -- (agent_id, key, tbl) rather than (agent_id, tbl, key): a lookup by agent and key without a
 -- table is then an index prefix too.
@@ -94,7 +102,12 @@ CREATE INDEX IF NOT EXISTS records_agent_table_rev ON records(agent_id, tbl, rev
 CREATE TABLE IF NOT EXISTS agents (
     agent_id        TEXT PRIMARY KEY,
     highest_version INTEGER NOT NULL,
-    last_seen       INTEGER NOT NULL
+    last_seen       INTEGER NOT NULL,
+    incarnation     INTEGER NOT NULL DEFAULT 0,
+    seq_hi          INTEGER NOT NULL DEFAULT 0,
+    last_base       INTEGER NOT NULL DEFAULT -1,
+    last_through    INTEGER NOT NULL DEFAULT -1,
+    last_segment    INTEGER NOT NULL DEFAULT -1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS table_counts (
     agent_id TEXT    NOT NULL,
@@ -106,14 +119,28 @@ CREATE TABLE IF NOT EXISTS table_counts (
 DROP TRIGGER IF EXISTS records_count_insert;
 DROP TRIGGER IF EXISTS records_count_update;
 """
+#: Steps from an older schema (PRAGMA user_version) to this one, each in the open transaction.
+UPGRADES: dict[int, str] = {
+    # 3: the relay's receive time of each record; each agent's delivery identity.
+    3: """
+    ALTER TABLE records ADD COLUMN received INTEGER NOT NULL DEFAULT 0;
+    UPDATE records SET received = ts;
+    ALTER TABLE agents ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN seq_hi INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN last_base INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE agents ADD COLUMN last_through INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE agents ADD COLUMN last_segment INTEGER NOT NULL DEFAULT -1;
+    """,
+}
 
 INSERT_RECORD = """
-INSERT INTO records(rev, agent_id, tbl, key, version, ts, deleted, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO records(rev, agent_id, tbl, key, version, ts, deleted, data, received)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # Moving a row to its new rev rewrites its rowid: the change feed is then a rowid range scan.
 UPDATE_RECORD = """
-UPDATE records SET rev = ?, version = ?, ts = ?, deleted = ?, data = ? WHERE rev = ?
+UPDATE records SET rev = ?, version = ?, ts = ?, deleted = ?, data = ?, received = ?
+WHERE rev = ?
 """
 SELECT_EXISTING = """
 SELECT key, tbl, rev, version, deleted FROM records WHERE agent_id = ? AND key IN ({marks})
@@ -129,10 +156,24 @@ ON CONFLICT(agent_id) DO UPDATE SET
     last_seen = excluded.last_seen
 RETURNING highest_version
 """
+SELECT_STATES = """
+SELECT agent_id, incarnation, seq_hi, last_base, last_through, last_segment, highest_version
+FROM agents WHERE agent_id IN (SELECT value FROM json_each(?))
+"""
+UPSERT_STATE = """
+INSERT INTO agents(agent_id, highest_version, last_seen, incarnation, seq_hi, last_base,
+                   last_through, last_segment)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(agent_id) DO UPDATE SET
+    last_seen = excluded.last_seen, incarnation = excluded.incarnation,
+    seq_hi = excluded.seq_hi, last_base = excluded.last_base,
+    last_through = excluded.last_through, last_segment = excluded.last_segment
+"""
 SELECT_MAX_REV = "SELECT ifnull(max(rev), 0) FROM records"
 SELECT_AGENTS = "SELECT agent_id, highest_version, last_seen FROM agents ORDER BY agent_id"
 SELECT_TABLE_COUNTS = "SELECT agent_id, tbl, live FROM table_counts"
 SELECT_USER_VERSION = "PRAGMA user_version"
+HAS_RECORDS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
 
 
 _Identity = tuple[str, str, str]  # (agent_id, key, table): the unique index's order
@@ -160,20 +201,29 @@ class _Writer:
         self.conn = conn
         self.next_rev = int(conn.execute(SELECT_MAX_REV).fetchone()[0]) + 1
 
-    def commit(self, group: MergedGroup) -> CommitResult:
+    def commit(self, jobs: list[list[WriteSegment]]) -> CommitResult:
         conn = self.conn
         now_us = time.time_ns() // 1000
         with db.write_transaction(conn, "a central-store commit"):
-            plan = self._plan(group, self._existing(group.rows))
+            judged = self._states(judged_agents(jobs))
+            group_plan = GroupPlan.of(jobs, judged)
+            group = group_plan.merged
+            plan = self._plan(group, self._existing(group.rows), now_us)
             conn.executemany(INSERT_RECORD, plan.inserts)
             conn.executemany(UPDATE_RECORD, plan.updates)
             conn.executemany(UPSERT_TABLE_COUNT, [(*k, d) for k, d in plan.live_delta.items()])
-            hwm = {
-                agent: int(conn.execute(UPSERT_AGENT, (agent, version, now_us)).fetchone()[0])
-                for agent, version in group.highest.items()
-            }
+            hwm = {agent: state.highest_version for agent, state in judged.items()}
+            for agent, version in group.highest.items():
+                hwm[agent] = int(conn.execute(UPSERT_AGENT, (agent, version, now_us)).fetchone()[0])
+            conn.executemany(UPSERT_STATE, _state_rows(group_plan.states, hwm, now_us))
         self.next_rev += len(plan.applied)
-        return CommitResult(plan.applied, hwm)
+        return CommitResult(group_plan, plan.applied, hwm)
+
+    def _states(self, agents: list[str]) -> dict[str, AgentState]:
+        if not agents:
+            return {}
+        rows = self.conn.execute(SELECT_STATES, (orjson.dumps(agents).decode(),))
+        return {agent: AgentState(*values) for agent, *values in rows}
 
     def _existing(self, rows: list[EncodedRecord]) -> dict[_Identity, Any]:
         """``(rev, version, deleted)`` of the stored rows among ``rows``' identities."""
@@ -190,14 +240,14 @@ class _Writer:
                     found[(agent_id, key, tbl)] = (rev, version, deleted)
         return found
 
-    def _plan(self, group: MergedGroup, existing: dict[_Identity, Any]) -> _Plan:
+    def _plan(self, group: MergedGroup, existing: dict[_Identity, Any], now_us: int) -> _Plan:
         """Decide each row against the stored one: insert, update (newer) or ignore.
 
         Applied rows take revisions in ``group.rev_rank`` order (each agent's version order);
         rows stay in identity order, so inserts land in the unique index's order.
         """
         if not existing:
-            return self._plan_inserts(group)
+            return self._plan_inserts(group, now_us)
         plan = _Plan()
         rows = group.rows
         changed: list[int] = []
@@ -218,22 +268,30 @@ class _Writer:
             rec = rows[index]
             old = olds.get(index)
             if old is None:
-                plan.inserts.append((rev_of[index], *rec))
+                plan.inserts.append((rev_of[index], *rec, now_us))
                 live[_AGENT_TABLE(rec)] += 0 if rec.deleted else 1
             else:
-                update = (rev_of[index], rec.version, rec.ts_us, rec.deleted, rec.data, old[0])
+                update = (
+                    rev_of[index],
+                    rec.version,
+                    rec.ts_us,
+                    rec.deleted,
+                    rec.data,
+                    now_us,
+                    old[0],
+                )
                 plan.updates.append(update)
                 live[_AGENT_TABLE(rec)] += (0 if rec.deleted else 1) - (0 if old[2] else 1)
         plan.live_delta = dict(live)
         plan.applied = changed
         return plan
 
-    def _plan_inserts(self, group: MergedGroup) -> _Plan:
+    def _plan_inserts(self, group: MergedGroup, now_us: int) -> _Plan:
         """The bulk of an ingest: no identity is stored yet, every row is inserted (in C)."""
         rows = group.rows
         revs = map(operator.add, group.rev_rank, repeat(self.next_rev))
-        # (rev,) + record: EncodedRecord's fields are the columns after rev.
-        inserts = list(map(operator.add, zip(revs), rows))
+        # (rev,) + record + (received,): EncodedRecord's fields are the columns after rev.
+        inserts = list(map(operator.add, map(operator.add, zip(revs), rows), repeat((now_us,))))
         # Every applied (agent, table) gets a count row, even when its delta is 0 (tombstones).
         live = Counter(dict.fromkeys(map(_AGENT_TABLE, rows), 0))
         live.update(map(_AGENT_TABLE, compress(rows, map(operator.not_, map(_DELETED, rows)))))
@@ -294,8 +352,7 @@ class SQLiteCentralStore(CentralStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect(writer=True)
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _migrate(conn)
         except _OPEN_ERRORS as exc:
             raise CentralStoreUnavailable(f"cannot open central store {self.path}: {exc}") from exc
         return _Writer(conn)
@@ -327,11 +384,11 @@ class SQLiteCentralStore(CentralStore):
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def _commit(self, group: MergedGroup) -> CommitResult:
+    async def _commit(self, jobs: list[list[WriteSegment]]) -> CommitResult:
         state, thread = self._state, self._write_thread
         if state is None or thread is None:
             raise CentralStoreUnavailable("central store is closed")
-        return await asyncio.get_running_loop().run_in_executor(thread, state.commit, group)
+        return await asyncio.get_running_loop().run_in_executor(thread, state.commit, jobs)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -410,6 +467,43 @@ class SQLiteCentralStore(CentralStore):
             "durability": self.durability,
             "encrypted": self._encryption_key is not None,
         }
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring an older one up to date, in one transaction."""
+    with db.write_transaction(conn, "the central store's schema"):
+        version = int(conn.execute(SELECT_USER_VERSION).fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise CentralStoreUnavailable(
+                f"central store schema is version {version}, newer than this relay's "
+                f"{SCHEMA_VERSION}: upgrade commander-os-storage on this relay"
+            )
+        has_records = conn.execute(HAS_RECORDS).fetchone() is not None
+        for step in sorted(UPGRADES):
+            if has_records and version < step:
+                for statement in db.split_statements(UPGRADES[step]):
+                    conn.execute(statement)
+        for statement in db.split_statements(SCHEMA):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _state_rows(
+    states: dict[str, AgentState], hwm: dict[str, int], now_us: int
+) -> list[tuple[Any, ...]]:
+    return [
+        (
+            agent,
+            hwm.get(agent, state.highest_version),
+            now_us,
+            state.incarnation,
+            state.seq_hi,
+            state.last_base,
+            state.last_through,
+            state.last_segment_id,
+        )
+        for agent, state in states.items()
+    ]
 
 
 def _commit_failure(exc: Exception) -> Exception:
