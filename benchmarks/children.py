@@ -65,7 +65,8 @@ def _queue_size(path: Path) -> int:
 
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute("SELECT COUNT(*) FROM _sync_queue").fetchone()[0])
+        sql = "SELECT COUNT(*) FROM _sync_queue WHERE op != 'mark'"
+        return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
 
@@ -85,11 +86,8 @@ def drain(directory: Path, url: str, out: Path, batch_size: int = 100) -> None:
         htpc_url=url,
         sync_batch_size=batch_size,
     )
-    worker = store.sync_worker
-    assert worker is not None
-    # The background worker starts shipping at once; draining here as well ends exactly when
-    # the queue is empty (both take the same ship lock, batch after batch).
-    worker.drain()
+    # The process's shipper starts shipping at once; this returns when the relay has it all.
+    assert store.wait_for_sync(None)
     seconds = time.perf_counter() - started
     left = store.get_sync_queue_size()
     store.close()

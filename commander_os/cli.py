@@ -140,7 +140,17 @@ def _size(size: int | None) -> str:
 def _sync(
     data_dir: DataDir = Path("./data/agents"),
     config: ConfigOpt = None,
-    relay: Annotated[str | None, typer.Option(help="Relay URL (default: from config).")] = None,
+    relay: Annotated[
+        str | None,
+        typer.Option(help="One of the relays the stores ship to (default: all of them)."),
+    ] = None,
+    to_other_relay: Annotated[
+        bool,
+        typer.Option(
+            "--to-other-relay",
+            help="The stores' central store moved to --relay: ship there from now on.",
+        ),
+    ] = False,
     encryption_key_file: KeyFileOpt = None,
 ) -> None:
     """Ship every queued change of the stores under DATA_DIR to the relay now."""
@@ -163,7 +173,9 @@ def _sync(
             def advance(done: int, task: Any = task) -> None:
                 progress.update(task, completed=done)
 
-            shipped = drain_store(path, settings, on_progress=advance)
+            shipped = drain_store(
+                path, settings, relay=relay, to_other_relay=to_other_relay, on_progress=advance
+            )
             progress.update(task, total=max(shipped, 1), completed=max(shipped, 1))
             total += shipped
     console.print(f"synced {total} change(s) from {len(stores)} store(s) to {settings.htpc_url}")

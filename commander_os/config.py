@@ -90,6 +90,16 @@ class StorageConfig(_Section):
     encryption_key: str | None = Field(default=None, repr=False)
     encryption_key_file: Path | None = None
     max_value_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Seconds ``close()`` keeps shipping what is queued (retrying a relay that blinks) before
+    #: it closes anyway; what could not ship stays queued for the next open.
+    close_timeout: float = Field(default=10.0, ge=0, le=3600)
+    #: Seconds a shipper lets new changes gather for the next request while one is in flight
+    #: (an idle relay still gets a lone write at once).
+    sync_linger: float = Field(default=0.002, ge=0, le=1)
+    #: Requests one shipper keeps in flight to a relay (pipelining drains backlogs faster).
+    sync_pipeline: int = Field(default=4, ge=1, le=64)
+    #: Seconds between two cheap looks for changes committed by other processes.
+    poll_interval: float = Field(default=1.0, gt=0, le=3600)
 
     @field_validator("htpc_url")
     @classmethod

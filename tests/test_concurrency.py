@@ -166,7 +166,9 @@ def _fork_child(storage: AgentStorage) -> int:
 def test_os_fork_child_uses_the_inherited_store(
     make_storage: MakeStorage, dead_relay_url: str, sync: bool
 ) -> None:
-    settings: dict[str, Any] = {"htpc_url": dead_relay_url, "sync_interval": 0.5} if sync else {}
+    settings: dict[str, Any] = (
+        {"htpc_url": dead_relay_url, "sync_interval": 0.5, "close_timeout": 0} if sync else {}
+    )
     storage = make_storage(enable_htpc=sync, **settings)
     storage.set("parent-before", "p")
     pid = os.fork()

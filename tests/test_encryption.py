@@ -109,7 +109,12 @@ def test_sentinel_is_absent_from_every_file_of_an_encrypted_store(
     # Sync on (towards a relay that is down): the outbox fills and the worker's own
     # connection, keyed the same way, reads the rows to ship them.
     store = AgentStorage(
-        "vault", data_dir, htpc_url=dead_relay_url, enable_htpc=True, encryption_key=KEY
+        "vault",
+        data_dir,
+        htpc_url=dead_relay_url,
+        enable_htpc=True,
+        encryption_key=KEY,
+        close_timeout=0,
     )
     try:
         write_sentinel_everywhere(store)

@@ -207,7 +207,12 @@ def test_misnumbered_migrations_are_refused(tmp_path: Path, numbers: tuple[int, 
 def test_migration_rebuilding_a_synced_table_keeps_capture(
     make_storage: MakeStorage, dead_relay_url: str
 ) -> None:
-    sync = {"enable_htpc": True, "htpc_url": dead_relay_url, "sync_interval": 0.2}
+    sync = {
+        "enable_htpc": True,
+        "htpc_url": dead_relay_url,
+        "sync_interval": 0.2,
+        "close_timeout": 0,
+    }
     make_storage("recruiter", cls=RecruiterV1, **sync).close()
 
     class Rebuilt(RecruiterV1):

@@ -64,7 +64,7 @@ def test_from_config_with_environment_override(
     monkeypatch.setenv("COMMANDER_OS_ENABLE_HTPC", "false")
     with AgentStorage.from_config("env-agent", path) as storage:
         assert storage.db_path == tmp_path / "env-dir" / "env-agent" / "env-agent.db"
-        assert storage.sync_worker is None
+        assert "relay" not in storage.health_check()  # nothing ships
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:

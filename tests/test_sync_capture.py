@@ -74,6 +74,7 @@ def synced(make_storage: MakeStorage, dead_relay_url: str) -> Callable[..., Any]
             cls=cls,
             enable_htpc=True,
             htpc_url=dead_relay_url,
+            close_timeout=0,
             sync_interval=0.2,
             **kw,
         )

@@ -18,6 +18,8 @@ from commander_os.protocol._delivery import (
     SegmentAck,
     SegmentRecord,
     Verdict,
+    segment_json,
+    segment_record_json,
 )
 from commander_os.protocol._query import (
     DEFAULT_QUERY_LIMIT,
@@ -99,6 +101,8 @@ __all__ = [
     "make_version",
     "micros_to_ts",
     "parse_field_path",
+    "segment_json",
+    "segment_record_json",
     "split_version",
     "stored_record_json",
     "ts_to_micros",

@@ -54,6 +54,7 @@ from commander_os.protocol._records import (
     AgentId,
     TableName,
     TimeStamp,
+    format_ts,
 )
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "SegmentAck",
     "SegmentRecord",
     "Verdict",
+    "segment_json",
+    "segment_record_json",
 ]
 
 #: Sequence numbers fill the low 32 bits of a version; incarnations the 31 above them.
@@ -77,6 +80,52 @@ MAX_SEGMENTS = 1000
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 Incarnation = Annotated[int, Field(ge=0, le=MAX_INCARNATION)]
 SegmentId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+def segment_record_json(
+    table: str, key: str, data: Any, seq: int, written_at: float
+) -> dict[str, Any]:
+    """A segment's record as the agent sends it; ``data`` None makes it a delete.
+
+    ``data`` may hold ``orjson.Fragment`` values (JSON columns embedded without re-parsing).
+    """
+    record: dict[str, Any] = {
+        "table": table,
+        "key": key,
+        "op": "upsert" if data is not None else "delete",
+        "seq": seq,
+        "ts": format_ts(written_at),
+    }
+    if data is not None:
+        record["data"] = data
+    return record
+
+
+def segment_json(
+    agent_id: str,
+    *,
+    incarnation: int,
+    acked: int,
+    base: int,
+    segment_id: int,
+    records: list[dict[str, Any]],
+    claim: bool = False,
+    repair: bool = False,
+) -> dict[str, Any]:
+    """A segment as the agent sends it (flags only when set)."""
+    segment: dict[str, Any] = {
+        "agent_id": agent_id,
+        "incarnation": incarnation,
+        "acked": acked,
+        "base": base,
+        "segment_id": segment_id,
+        "records": records,
+    }
+    if claim:
+        segment["claim"] = True
+    if repair:
+        segment["repair"] = True
+    return segment
 
 
 class Verdict(StrEnum):

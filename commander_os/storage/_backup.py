@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 from commander_os import _sqlite as db
-from commander_os.storage._meta import new_epoch, read_epoch, write_epoch
 
 __all__ = ["backup_to"]
 
@@ -15,8 +14,8 @@ __all__ = ["backup_to"]
 def backup_to(source: sqlite3.Connection, target: Path, *, encryption_key: str | None) -> Path:
     """Write a consistent copy of ``source`` to ``target`` (which must not exist).
 
-    The copy gets a new epoch, so if it is ever restored its new writes win at the relay over
-    anything the original wrote after the backup. The caller holds the store's lock.
+    The caller holds the store's lock. A copy that is restored later is behind the relay: the
+    relay gives it a new incarnation, and its new writes win (the identity rule).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
@@ -38,8 +37,6 @@ def _copy(source: sqlite3.Connection, path: Path, encryption_key: str | None) ->
     copy = db.open_file(path, encryption_key=encryption_key)
     try:
         source.backup(copy)
-        with db.write_transaction(copy, "the backup's new epoch"):
-            write_epoch(copy, new_epoch(read_epoch(copy)))
         copy.execute("PRAGMA journal_mode = DELETE")
     finally:
         copy.close()

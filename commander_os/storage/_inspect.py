@@ -8,15 +8,27 @@ its report says why it could not be read instead of leaving it out.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from commander_os import _sqlite as db
 from commander_os.config import StorageConfig, read_encryption_key
-from commander_os.errors import CommanderStorageError, EncryptionError, StorageError
+from commander_os.errors import (
+    CommanderStorageError,
+    ConfigError,
+    EncryptionError,
+    StorageBusy,
+    StorageError,
+)
+from commander_os.identifiers import validate_agent_id
 from commander_os.storage import _outbox as outbox
+from commander_os.storage._delivery import targets
+from commander_os.storage._delivery.shipper import Shipper
 from commander_os.storage._migrations import SELECT_CURRENT_VERSION
 from commander_os.storage.base_storage import DB_SUFFIX
 
@@ -96,35 +108,84 @@ def inspect_stores(data_dir: Path, *, encryption_key: str | None = None) -> list
     ]
 
 
+class _FileStore:
+    """A store opened through its file alone (no storage class), for the shipper."""
+
+    def __init__(self, path: Path, config: StorageConfig, key: str | None) -> None:
+        self.agent_id = validate_agent_id(path.stem)
+        self.config = config
+        self.db_path = path
+        self._conn = db.connect(path, durability=config.durability, encryption_key=key)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def shipping_connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _drain_targets(store: _FileStore, relay: str | None, move: bool) -> list[targets.Target]:
+    """Where to ship: the relays the store remembers; or ``relay`` if it is one of them, or if
+    the operator confirmed (``move``) that the store's changes belong there from now on."""
+    with store.shipping_connection() as conn:
+        remembered = [targets.Target(c.name, c.urls) for c in targets.load(conn).values()]
+    if relay is None:
+        return remembered or targets.config_targets(store.config)
+    relay = relay.rstrip("/")
+    chosen = [target for target in remembered if relay in target.urls]
+    if chosen or not remembered:
+        return chosen or [targets.Target(relay, (relay,))]
+    shown = ", ".join(" ".join(target.urls) for target in remembered)
+    if not move or len(remembered) != 1:
+        raise ConfigError(
+            f"{store.db_path}: this store ships to {shown}, not to {relay}; its changes would "
+            "leave its outbox for a relay that never had the rest of its data. If its central "
+            "store really moved there, add --to-other-relay"
+        )
+    moved = targets.Target(relay, (relay,))
+    with store.shipping_connection() as conn, db.write_transaction(conn, "moving a target"):
+        targets.move(conn, remembered[0].name, moved)
+    return [moved]
+
+
 def drain_store(
-    path: Path, config: StorageConfig, *, on_progress: Callable[[int], object] | None = None
+    path: Path,
+    config: StorageConfig,
+    *,
+    relay: str | None = None,
+    to_other_relay: bool = False,
+    on_progress: Callable[[int], object] | None = None,
 ) -> int:
     """Ship every queued change of the store at ``path``; return how many were acked.
 
-    An encrypted store is opened with the config's ``encryption_key`` (or key file). Raises
+    The changes go to the relays the store remembers shipping to (its config's when it never
+    shipped); ``relay`` names one of them, or, with ``to_other_relay``, another one. An
+    encrypted store is opened with the config's key. Raises
     :class:`~commander_os.errors.RelayError` if the relay cannot take them,
-    :class:`~commander_os.errors.EncryptionError` if the store cannot be opened with that key.
+    :class:`~commander_os.errors.StorageBusy` if another process is shipping the store,
+    :class:`~commander_os.errors.ConfigError` for a relay the store does not ship to.
     """
-    from commander_os.identifiers import validate_agent_id
-    from commander_os.storage._delivery.client import RelayClient
-    from commander_os.storage._delivery.worker import SyncWorker
-
-    agent_id = validate_agent_id(path.stem)
     key = read_encryption_key(config) if db.is_encrypted(path) else None
-    client = RelayClient.from_config(config)
-    worker = SyncWorker(
-        agent_id=agent_id,
-        db_path=path,
-        config=config,
-        client=client,
-        connect=lambda: db.connect(path, durability=config.durability, encryption_key=key),
-    )
-    total = 0
+    store = _FileStore(path, config, key)
+    shipper = Shipper(background=False)
     try:
-        while shipped := worker.sync_once():
-            total += shipped
+        link = shipper.attach(store, _drain_targets(store, relay, to_other_relay))
+        if not link.active:
+            raise StorageBusy(f"{path}: another process is shipping this store right now")
+        with store.shipping_connection() as conn:
+            before = outbox.queue_size(conn)
+
+        def progress() -> None:
             if on_progress is not None:
-                on_progress(total)
+                with store.shipping_connection() as conn:
+                    on_progress(before - outbox.queue_size(conn))
+
+        shipper.flush(link, None, fail_fast=True, progress=progress)
+        with store.shipping_connection() as conn:
+            return before - outbox.queue_size(conn)
     finally:
-        worker.stop()
-    return total
+        shipper.close()
+        store.close()

@@ -6,7 +6,19 @@ Every synced table gets ``AFTER INSERT / UPDATE / DELETE`` triggers that append 
 only *which* row changed; the row's data is read when it ships, so many updates of one key
 between two syncs travel as one record (the newest).
 
-This module is SQL only; :mod:`commander_os.storage._delivery.worker` does the shipping.
+**Sequence numbers.** A row's ``seq`` (its rowid) orders the store's writes and becomes the low
+32 bits of the shipped version. It is a plain ``INTEGER PRIMARY KEY``, not ``AUTOINCREMENT``
+(whose bookkeeping row cost a quarter of a captured write): SQLite hands out ``max(seq) + 1``,
+so the newest row is never deleted. Once acknowledged it stays as a *marker* (``op = 'mark'``)
+until a newer row exists, and seqs never go back.
+
+**Targets.** Each relay the store ships to has a cursor in ``_sync_targets``: the seq it
+acknowledged. A row is pending while some target's cursor is below it, and deleted once every
+target acknowledged it (:func:`ack`). While a target is away the queue is compacted per key
+(:func:`set_compaction`): only each row's newest change is kept, so the queue is bounded by the
+number of distinct keys changed, not by the number of writes.
+
+This module is SQL only; :mod:`commander_os.storage._delivery` does the shipping.
 """
 
 from __future__ import annotations
@@ -31,7 +43,10 @@ __all__ = [
     "dead_letter",
     "dead_letter_count",
     "drop_triggers",
+    "floor",
+    "has_row",
     "install_triggers",
+    "last_seq",
     "load_changes",
     "oldest_pending_time",
     "pending",
@@ -39,8 +54,15 @@ __all__ = [
     "record_failure",
     "register_table",
     "registered_tables",
+    "reserve_seq",
+    "set_compaction",
     "split_internal_schema",
+    "table_chunk",
+    "upgrade",
 ]
+
+#: The outbox layout this code writes; older ones are rebuilt by :func:`upgrade`.
+OUTBOX_VERSION = 2
 
 INTERNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS _sync_meta (
@@ -48,7 +70,7 @@ CREATE TABLE IF NOT EXISTS _sync_meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _sync_queue (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     tbl         TEXT NOT NULL,
     pk          TEXT NOT NULL,
     op          TEXT NOT NULL,
@@ -60,6 +82,17 @@ CREATE TABLE IF NOT EXISTS _synced_tables (
     tbl          TEXT PRIMARY KEY,
     pk_columns   TEXT NOT NULL,
     json_columns TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _sync_targets (
+    name         TEXT PRIMARY KEY,
+    urls         TEXT NOT NULL,
+    acked        INTEGER NOT NULL DEFAULT 0,
+    acked_incarnation INTEGER NOT NULL DEFAULT 0,
+    repair       INTEGER NOT NULL DEFAULT 0,
+    last_success REAL,
+    last_attempt REAL,
+    last_error   TEXT,
+    reachable    INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _dead_letters (
     seq       INTEGER PRIMARY KEY,
@@ -80,14 +113,19 @@ def split_internal_schema() -> list[str]:
 
 
 SELECT_PENDING = (
-    "SELECT seq, tbl, pk, op, attempts, enqueued_at FROM _sync_queue WHERE seq > ? "
-    "ORDER BY seq LIMIT ?"
+    "SELECT seq, tbl, pk, op, attempts, enqueued_at FROM _sync_queue "
+    "WHERE seq > ? AND op != 'mark' ORDER BY seq LIMIT ?"
 )
-COUNT_QUEUE = "SELECT COUNT(*) FROM _sync_queue"
+SELECT_FLOOR = "SELECT min(acked) FROM _sync_targets"
+SELECT_LAST_SEQ = "SELECT ifnull(max(seq), 0) FROM _sync_queue"
+COUNT_PENDING = "SELECT COUNT(*) FROM _sync_queue WHERE seq > ? AND op != 'mark'"
 COUNT_DEAD = "SELECT COUNT(*) FROM _dead_letters"
-OLDEST_PENDING = "SELECT MIN(enqueued_at) FROM _sync_queue"
-DELETE_UP_TO = "DELETE FROM _sync_queue WHERE seq <= ?"
+OLDEST_PENDING = "SELECT MIN(enqueued_at) FROM _sync_queue WHERE seq > ? AND op != 'mark'"
+# The newest row stays (as a marker) so that SQLite never hands out its seq again.
+DELETE_ACKED = "DELETE FROM _sync_queue WHERE seq <= ? AND seq < (SELECT max(seq) FROM _sync_queue)"
+MARK_ACKED = "UPDATE _sync_queue SET op = 'mark', last_error = NULL WHERE seq <= ? AND op != 'mark'"
 DELETE_ONE = "DELETE FROM _sync_queue WHERE seq = ?"
+MARK_ONE = "UPDATE _sync_queue SET op = 'mark' WHERE seq = ?"
 BUMP_ATTEMPTS = "UPDATE _sync_queue SET attempts = attempts + 1, last_error = ? WHERE seq = ?"
 INSERT_DEAD = """
 INSERT OR REPLACE INTO _dead_letters (seq, tbl, pk, op, record, error, attempts, failed_at)
@@ -99,6 +137,28 @@ ON CONFLICT (tbl) DO UPDATE SET pk_columns = excluded.pk_columns,
                                 json_columns = excluded.json_columns
 """
 SELECT_REGISTRATIONS = "SELECT tbl, pk_columns, json_columns FROM _synced_tables"
+# Compaction while a target is away: an index on the key, and a trigger that drops the older
+# changes of a key as a newer one is queued (any target needing the old one needs the new one).
+CREATE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS _sync_queue_key ON _sync_queue (tbl, pk)"
+DROP_KEY_INDEX = "DROP INDEX IF EXISTS _sync_queue_key"
+CREATE_COMPACTOR = """
+CREATE TRIGGER IF NOT EXISTS _sync_compact AFTER INSERT ON _sync_queue BEGIN
+    DELETE FROM _sync_queue
+    WHERE tbl = NEW.tbl AND pk = NEW.pk AND seq < NEW.seq AND op != 'mark';
+END
+"""
+DROP_COMPACTOR = "DROP TRIGGER IF EXISTS _sync_compact"
+HAS_COMPACTOR = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = '_sync_compact'"
+COMPACT_NOW = """
+DELETE FROM _sync_queue WHERE op != 'mark' AND seq NOT IN (
+    SELECT max(seq) FROM _sync_queue WHERE op != 'mark' GROUP BY tbl, pk
+)
+"""
+SELECT_META = "SELECT value FROM _sync_meta WHERE key = ?"
+UPSERT_META = (
+    "INSERT INTO _sync_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 @dataclass(frozen=True)
@@ -155,6 +215,7 @@ def _trigger_sql(table: SyncedTable) -> list[str]:
     literal = "'" + name.replace("'", "''") + "'"
     new_pk = "json_array(" + ", ".join("NEW." + _quote(c) for c in table.primary_key) + ")"
     old_pk = "json_array(" + ", ".join("OLD." + _quote(c) for c in table.primary_key) + ")"
+    moved = " OR ".join(f"OLD.{_quote(c)} IS NOT NEW.{_quote(c)}" for c in table.primary_key)
     queue = "INSERT INTO _sync_queue (tbl, pk, op) VALUES"
     return [
         f"CREATE TRIGGER IF NOT EXISTS {_quote('_sync_ins_' + name)} AFTER INSERT ON "
@@ -163,7 +224,7 @@ def _trigger_sql(table: SyncedTable) -> list[str]:
         f"CREATE TRIGGER IF NOT EXISTS {_quote('_sync_upd_' + name)} AFTER UPDATE ON "
         f"{_quote(name)} BEGIN "
         f"INSERT INTO _sync_queue (tbl, pk, op) SELECT {literal}, {old_pk}, 'delete' "
-        f"WHERE {old_pk} IS NOT {new_pk}; "
+        f"WHERE {moved}; "
         f"{queue} ({literal}, {new_pk}, 'upsert'); END",
         f"CREATE TRIGGER IF NOT EXISTS {_quote('_sync_del_' + name)} AFTER DELETE ON "
         f"{_quote(name)} BEGIN {queue} ({literal}, {old_pk}, 'delete'); END",
@@ -217,27 +278,6 @@ def drop_triggers(conn: sqlite3.Connection, table: str) -> None:
     """Remove the capture triggers of ``table`` (nothing is queued for it afterwards)."""
     for kind in ("ins", "upd", "del"):
         conn.execute(f"DROP TRIGGER IF EXISTS {_quote(f'_sync_{kind}_{table}')}")
-
-
-def queue_size(conn: sqlite3.Connection) -> int:
-    """Number of changes waiting for the relay."""
-    return int(conn.execute(COUNT_QUEUE).fetchone()[0])
-
-
-def dead_letter_count(conn: sqlite3.Connection) -> int:
-    """Number of changes the relay permanently refused."""
-    return int(conn.execute(COUNT_DEAD).fetchone()[0])
-
-
-def oldest_pending_time(conn: sqlite3.Connection) -> float | None:
-    """Unix time at which the oldest waiting change was written, or None if none waits."""
-    value = conn.execute(OLDEST_PENDING).fetchone()[0]
-    return None if value is None else float(value)
-
-
-def pending(conn: sqlite3.Connection, limit: int, *, after_seq: int = 0) -> list[OutboxRow]:
-    """The oldest ``limit`` queued changes after ``after_seq``, in the order they were written."""
-    return list(map(OutboxRow._make, conn.execute(SELECT_PENDING, (after_seq, limit))))
 
 
 def wire_key(pk_values: Sequence[Any]) -> str:
@@ -322,29 +362,107 @@ def _read_rows(
             keys = "[" + ",".join(pk[1:-1] for pk in chunk) + "]"
         else:
             keys = "[" + ",".join(chunk) + "]"
-        cursor = conn.execute(sql, (keys,))
-        names = [description[0] for description in cursor.description][1:]
-        for tag, *values in cursor:
-            data = dict(zip(names, values, strict=True))
-            for column in table.json_columns:
-                value = data.get(column)
-                if isinstance(value, (str, bytes)):
-                    data[column] = decode(value)
-            for name, value in data.items():
-                if isinstance(value, bytes):
-                    # JSON has no bytes; BLOB columns travel as hex text.
-                    data[name] = value.hex()
-            yield tag, data
+        yield from _decoded(conn.execute(sql, (keys,)), table, decode)
+
+
+def _decoded(
+    cursor: sqlite3.Cursor, table: SyncedTable, decode: Any
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(tag, data)`` for rows selected as ``tag, *``: JSON columns decoded (or embedded as
+    fragments), BLOBs as hex text (JSON has no bytes)."""
+    names = [description[0] for description in cursor.description][1:]
+    for tag, *values in cursor:
+        data = dict(zip(names, values, strict=True))
+        for column in table.json_columns:
+            value = data.get(column)
+            if isinstance(value, (str, bytes)):
+                data[column] = decode(value)
+        for name, value in data.items():
+            if isinstance(value, bytes):
+                data[name] = value.hex()
+        yield tag, data
+
+
+def table_chunk(
+    conn: sqlite3.Connection, table: SyncedTable, after: list[Any] | None, limit: int
+) -> list[tuple[list[Any], str, dict[str, Any]]]:
+    """Up to ``limit`` rows of ``table`` after primary key ``after``, in key order, as
+    ``(pk values, wire key, data)`` with JSON columns embedded (a whole-state re-ship)."""
+    columns = [_quote(column) for column in table.primary_key]
+    key = ", ".join(columns)
+    where = f"WHERE ({key}) > ({', '.join('?' * len(columns))}) " if after is not None else ""
+    sql = f"SELECT json_array({key}), * FROM {_quote(table.name)} {where}ORDER BY {key} LIMIT ?"
+    cursor = conn.execute(sql, [*(after or []), limit])
+    chunk = []
+    for tag, data in _decoded(cursor, table, orjson.Fragment):
+        values = orjson.loads(tag)
+        chunk.append((values, wire_key(values), data))
+    return chunk
+
+
+def has_row(conn: sqlite3.Connection, table: SyncedTable, key: str) -> bool:
+    """Whether ``table`` holds the row whose wire key is ``key``."""
+    columns = [_quote(column) for column in table.primary_key]
+    if len(columns) == 1:
+        values: list[Any] = [key]
+    else:
+        parsed = orjson.loads(key)
+        values = list(parsed) if isinstance(parsed, list) else [parsed]
+        if len(values) != len(columns):
+            return False
+    where = " AND ".join(f"{column} = ?" for column in columns)
+    sql = f"SELECT 1 FROM {_quote(table.name)} WHERE {where} LIMIT 1"
+    return conn.execute(sql, values).fetchone() is not None
+
+
+def floor(conn: sqlite3.Connection) -> int:
+    """The seq every target has acknowledged (0 when no target was ever registered)."""
+    value = conn.execute(SELECT_FLOOR).fetchone()[0]
+    return 0 if value is None else int(value)
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The newest seq handed out (0 for a new store)."""
+    return int(conn.execute(SELECT_LAST_SEQ).fetchone()[0])
+
+
+def queue_size(conn: sqlite3.Connection) -> int:
+    """Number of changes some target has not acknowledged yet."""
+    return int(conn.execute(COUNT_PENDING, (floor(conn),)).fetchone()[0])
+
+
+def dead_letter_count(conn: sqlite3.Connection) -> int:
+    """Number of changes the relay permanently refused."""
+    return int(conn.execute(COUNT_DEAD).fetchone()[0])
+
+
+def oldest_pending_time(conn: sqlite3.Connection) -> float | None:
+    """Unix time at which the oldest waiting change was written, or None if none waits."""
+    value = conn.execute(OLDEST_PENDING, (floor(conn),)).fetchone()[0]
+    return None if value is None else float(value)
+
+
+def pending(conn: sqlite3.Connection, limit: int, *, after_seq: int = 0) -> list[OutboxRow]:
+    """The oldest ``limit`` queued changes after ``after_seq``, in the order they were written."""
+    return list(map(OutboxRow._make, conn.execute(SELECT_PENDING, (after_seq, limit))))
+
+
+def reserve_seq(conn: sqlite3.Connection) -> int:
+    """Hand out the next seq without a change (a marker row); call inside a write transaction.
+
+    Lets a cursor start past every change queued so far, even on a store that never queued one.
+    """
+    cursor = conn.execute("INSERT INTO _sync_queue (tbl, pk, op) VALUES ('', '[]', 'mark')")
+    seq = int(cursor.lastrowid or 0)
+    conn.execute("DELETE FROM _sync_queue WHERE op = 'mark' AND seq < ?", (seq,))
+    return seq
 
 
 def ack(conn: sqlite3.Connection, up_to_seq: int) -> int:
-    """Delete every queued change up to and including ``up_to_seq``; return how many."""
-    return conn.execute(DELETE_UP_TO, (up_to_seq,)).rowcount
-
-
-def ack_seqs(conn: sqlite3.Connection, seqs: Iterable[int]) -> None:
-    """Delete exactly these queued changes."""
-    conn.executemany(DELETE_ONE, ((seq,) for seq in seqs))
+    """Drop every change up to ``up_to_seq``, which every target acknowledged; return how many
+    were dropped (the newest row stays as a marker). Call inside a write transaction."""
+    deleted = conn.execute(DELETE_ACKED, (up_to_seq,)).rowcount
+    return deleted + conn.execute(MARK_ACKED, (up_to_seq,)).rowcount
 
 
 def record_failure(conn: sqlite3.Connection, seqs: Iterable[int], error: str) -> None:
@@ -358,6 +476,68 @@ def dead_letter(
     """Move these queued changes to ``_dead_letters`` with the relay's reason."""
     body = None if record is None else orjson.dumps(record, default=str).decode()
     now = time.time()
+    top = last_seq(conn)
     for seq in seqs:
         conn.execute(INSERT_DEAD, (body, error[:2000], now, seq))
-        conn.execute(DELETE_ONE, (seq,))
+        conn.execute(MARK_ONE if seq == top else DELETE_ONE, (seq,))
+
+
+def set_compaction(conn: sqlite3.Connection, on: bool) -> bool:
+    """Keep only each key's newest change (``on``), or every change; True if it changed.
+
+    Switching on also compacts what is queued. Call inside a write transaction.
+    """
+    active = conn.execute(HAS_COMPACTOR).fetchone() is not None
+    if active == on:
+        return False
+    if on:
+        conn.execute(COMPACT_NOW)
+        conn.execute(CREATE_KEY_INDEX)
+        conn.execute(CREATE_COMPACTOR)
+    else:
+        conn.execute(DROP_COMPACTOR)
+        conn.execute(DROP_KEY_INDEX)
+    return True
+
+
+def read_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """One value of ``_sync_meta``."""
+    row = conn.execute(SELECT_META, (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def write_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    """Set one value of ``_sync_meta``; call inside a write transaction."""
+    conn.execute(UPSERT_META, (key, str(value)))
+
+
+_V1_QUEUE = (
+    "SELECT sql FROM sqlite_master WHERE name = '_sync_queue' AND sql LIKE '%AUTOINCREMENT%'"
+)
+_V1_NEXT_SEQ = "SELECT ifnull(max(seq), 0) FROM sqlite_sequence WHERE name = '_sync_queue'"
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Rebuild an outbox of the first layout (``AUTOINCREMENT`` seqs) in place, keeping every
+    queued change and the seq numbering. Call inside a write transaction, before anything
+    else touches the queue."""
+    if conn.execute(_V1_QUEUE).fetchone() is None:
+        return
+    next_seq = int(conn.execute(_V1_NEXT_SEQ).fetchone()[0])
+    tables = registered_tables(conn)
+    for name in tables:
+        drop_triggers(conn, name)
+    conn.execute("ALTER TABLE _sync_queue RENAME TO _sync_queue_v1")
+    conn.execute(split_internal_schema()[1])
+    conn.execute("INSERT INTO _sync_queue SELECT * FROM _sync_queue_v1")
+    if next_seq and last_seq(conn) < next_seq:
+        conn.execute(
+            "INSERT INTO _sync_queue (seq, tbl, pk, op) VALUES (?, '', '[]', 'mark')", (next_seq,)
+        )
+    conn.execute("DROP TABLE _sync_queue_v1")
+    for table in tables.values():
+        if conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
+            install_triggers(conn, table)
+
+
+TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"

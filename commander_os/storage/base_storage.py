@@ -19,22 +19,29 @@ a background sync worker ships the queue to the relay when ``enable_htpc`` is on
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from commander_os import _sqlite as db
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
-from commander_os.errors import ConfigError, StorageClosed
+from commander_os.errors import ConfigError, RelayError, StorageClosed
 from commander_os.identifiers import validate_agent_id
-from commander_os.storage import _fork, _meta
+from commander_os.storage import _fork
 from commander_os.storage import _outbox as outbox
 from commander_os.storage._backup import backup_to
+from commander_os.storage._closing import CloseResult, Closing
+from commander_os.storage._delivery import identity
+from commander_os.storage._delivery import targets as delivery_targets
+from commander_os.storage._delivery.shipper import Shipper
+from commander_os.storage._delivery.status import delivery_status
 from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
 from commander_os.storage._network_reads import Where, query_filters
@@ -44,23 +51,24 @@ if TYPE_CHECKING:
     from typing import Self
 
     from commander_os.storage._delivery.client import RelayClient
-    from commander_os.storage._delivery.worker import SyncWorker
+    from commander_os.storage._delivery.link import StoreLink
 
-__all__ = ["DB_SUFFIX", "BaseStorage", "Migration", "SyncedTable", "run_in_thread"]
+__all__ = [
+    "DB_SUFFIX",
+    "BaseStorage",
+    "CloseResult",
+    "Closing",
+    "Migration",
+    "SyncedTable",
+    "run_in_thread",
+]
 
 DB_SUFFIX = ".db"
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-class _Closed:
-    """What ``close()`` returns: already done, and awaitable so ``await storage.close()`` works."""
-
-    def __await__(self) -> Generator[None, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
+_log = logging.getLogger("commander_os.storage")
 
 
 class BaseStorage:
@@ -103,7 +111,8 @@ class BaseStorage:
         self._lock = threading.RLock()
         self._depth = 0
         self._closed = False
-        self._worker: SyncWorker | None = None
+        self._closing = False
+        self._link: StoreLink | None = None
         self._relay: RelayClient | None = None
         self._encryption_key = read_encryption_key(self.config)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +125,7 @@ class BaseStorage:
         self._pid = os.getpid()
         _fork.track(self)
         if self.config.enable_htpc:
-            self._start_worker()
+            self._start_shipping()
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -146,7 +155,7 @@ class BaseStorage:
         with db.write_transaction(conn, "opening the store"):
             for statement in outbox.split_internal_schema():
                 conn.execute(statement)
-            _meta.ensure_epoch(conn)
+            outbox.upgrade(conn)
         run_migrations(conn, self.migrations, where=str(self.db_path))
         with self.transaction() as tx:
             for table in self.synced_tables:
@@ -278,54 +287,100 @@ class BaseStorage:
 
     def _seq_to_wait_for(self, conn: sqlite3.Connection) -> int:
         # Only sync_mode="sync" waits for the relay, so only it pays for reading the seq.
-        if self.config.sync_mode == "sync" and self._worker is not None:
-            return _meta.last_seq(conn)
+        if self.config.sync_mode == "sync" and self._link is not None:
+            return outbox.last_seq(conn)
         return 0
 
     def _committed(self, seq: int) -> None:
-        worker = self._worker
-        if worker is not None:
-            worker.notify()
+        link = self._link
+        if link is not None:
+            for lane in link.lanes.values():
+                lane.dirty = True
+                lane.route.wake()
             if seq:
-                worker.wait_acked(seq, self.config.sync_timeout)
+                link.wait_acked(seq, self.config.sync_timeout)
 
     # ------------------------------------------------------------------------- sync queue
 
-    def _start_worker(self) -> None:
-        from commander_os.storage._delivery.worker import SyncWorker
+    def _start_shipping(self) -> None:
+        self._link = Shipper.for_process().attach(self)
 
-        self._worker = SyncWorker.for_storage(self)
-        self._worker.start()
-
-    @property
-    def sync_worker(self) -> SyncWorker | None:
-        """The worker shipping this store's queue, or None when ``enable_htpc`` is off."""
-        return self._worker
+    @contextmanager
+    def shipping_connection(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection under its lock, for the shipper (internal)."""
+        with self._lock:
+            yield self._require_open()
 
     def get_sync_queue_size(self) -> int:
-        """Number of local changes waiting to reach the relay."""
+        """Number of local changes some relay has not acknowledged yet."""
         with self._lock:
             return outbox.queue_size(self._require_open())
 
     async def process_sync_queue(self, batch_size: int | None = None) -> int:
-        """Ship the queue to the relay now; return how many changes the relay acknowledged.
+        """Ship the queue to the relay now; return how many queued changes the relay
+        acknowledged during the call (whoever shipped them).
 
         Returns 0 when ``enable_htpc`` is off. Raises a :class:`~commander_os.errors.RelayError`
-        if the relay cannot be reached (the queue is kept).
+        if the relay cannot take them (the queue is kept).
         """
-        worker = self._worker
-        if worker is None:
+        return await asyncio.to_thread(self._drain, batch_size)
+
+    def _drain(self, batch_size: int | None) -> int:
+        link = self._link
+        if link is None:
             return 0
-        return await asyncio.to_thread(worker.drain, batch_size or self.config.sync_batch_size)
+        with self._lock:
+            conn = self._require_open()
+            seqs = _pending_seqs(conn)
+        if not seqs:
+            return 0
+        for lane in link.lanes.values():
+            lane.limit = min(lane.batch_size, batch_size or lane.batch_size)
+        Shipper.for_process().flush(link, None, fail_fast=True)
+        acked = min(link.acked_positions(), default=0)
+        with self._lock:
+            dead = _dead_among(self._require_open(), seqs)
+        return sum(1 for seq in seqs if seq <= acked) - dead
 
     def wait_for_sync(self, timeout: float | None = None) -> bool:
         """Block until everything written so far is on the relay; False on timeout."""
-        worker = self._worker
-        if worker is None:
+        link = self._link
+        if link is None:
             return True
         with self._lock:
-            seq = _meta.last_seq(self._require_open())
-        return worker.wait_acked(seq, timeout)
+            seq = outbox.last_seq(self._require_open())
+        return link.wait_acked(seq, timeout)
+
+    def claim(self) -> None:
+        """Hand this agent to this store on purpose (moving machines, resolving a conflict).
+
+        The next delivery asks every relay for a new incarnation; the store that held the
+        agent until now is fenced from then on (its writes stay queued there, reported as a
+        conflict). Raises :class:`~commander_os.errors.StorageClosed` when closed.
+        """
+        with self.transaction() as conn:
+            identity.set_claim(conn, True)
+        link = self._link
+        if link is not None:
+            link.fenced = False
+            for lane in link.lanes.values():
+                lane.restart()
+                lane.route.wake()
+
+    def retire(self) -> int:
+        """Stop this store from ever shipping the agent again (another store holds it).
+
+        Its queued changes move to the dead letters, with the reason. Returns how many.
+        """
+        with self.transaction() as conn:
+            seqs = _pending_seqs(conn)
+            for seq in seqs:
+                outbox.dead_letter(conn, [seq], None, "retired: another store holds the agent")
+            identity.set_retired(conn)
+        if self._link is not None:
+            self._link.retired = True
+        _log.warning("agent %s: store retired with %d changes unshipped", self.agent_id, len(seqs))
+        return len(seqs)
 
     # ------------------------------------------------------------------- network queries
 
@@ -394,13 +449,19 @@ class BaseStorage:
             durability=self.config.durability,
             encrypted=self._encryption_key is not None,
         )
+        cursors: dict[str, delivery_targets.Cursor] = {}
         try:
             with self._lock:
-                health.update(local_health(self._require_open()))
+                conn = self._require_open()
+                health.update(local_health(conn))
+                health["incarnation"] = identity.incarnation(conn)
+                health["conflict"] = identity.conflict(conn)
+                health["retired"] = identity.is_retired(conn)
+                cursors = delivery_targets.load(conn)
         except HEALTH_ERRORS as exc:
             health["error"] = str(exc)
-        if self._worker is not None:
-            health["relay"] = self._worker.status()
+        if self._link is not None:
+            health.update(delivery_status(self._link, cursors))
         return health
 
     # ---------------------------------------------------------------------------- backup
@@ -408,35 +469,76 @@ class BaseStorage:
     def backup(self, path: Path | str) -> Path:
         """Write a consistent copy of the database to ``path`` while the store stays online.
 
-        The copy gets a new epoch, so if it is ever restored its new writes win at the relay
-        over anything the original wrote after the backup. The copy of an encrypted store is
-        encrypted with the same key. Returns the path written.
+        If the copy is ever restored, the relay notices that it is behind and gives it a new
+        incarnation: its new writes win over anything the original wrote after the backup. The
+        copy of an encrypted store is encrypted with the same key. Returns the path written.
         """
         with self._lock:
             return backup_to(self._require_open(), Path(path), encryption_key=self._encryption_key)
 
     # --------------------------------------------------------------------------- closing
 
-    def close(self) -> _Closed:
-        """Stop syncing and close the database. Idempotent.
+    def close(self) -> Closing:
+        """Ship what is queued (up to ``close_timeout`` seconds), then close. Idempotent.
 
-        Works both as ``storage.close()`` and, as the seed writes it, ``await storage.close()``.
-        Queued changes stay in the database and ship the next time the store opens.
+        Works as ``storage.close()`` in plain code and, as the seed writes it, ``await
+        storage.close()`` in async code, where the flush runs off the event loop; also with
+        ``asyncio.run``, ``wait_for`` and ``create_task``. What could not ship stays queued for
+        the next time the store opens: the result (:class:`CloseResult`) and a log line say so.
         """
+        future: Future[CloseResult] = Future()
         with self._lock:
-            if self._closed:
-                return _Closed()
-            self._closed = True
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.stop()
+            already = self._closed or self._closing
+            self._closing = True
+        if already:
+            future.set_result(CloseResult())
+            return Closing(future)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._close_into(future)
+        else:  # inside an event loop: never block it while flushing
+            threading.Thread(
+                target=self._close_into, args=(future,), name="commander-os-close", daemon=True
+            ).start()
+        return Closing(future)
+
+    def _close_into(self, future: Future[CloseResult]) -> None:
+        try:
+            future.set_result(self._shut_down())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    def _shut_down(self) -> CloseResult:
+        link, self._link = self._link, None
+        result = CloseResult()
+        if link is not None:
+            result = self._flush_before_close(link)
+            Shipper.for_process().detach(link)
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.close()
         with self._lock:
+            self._closed = True
             self._conn.close()
         _fork.track(self, alive=False)
-        return _Closed()
+        return result
+
+    def _flush_before_close(self, link: StoreLink) -> CloseResult:
+        before = self.get_sync_queue_size()
+        with suppress(RelayError):  # reported below, with what stays queued
+            Shipper.for_process().flush(link, self.config.close_timeout)
+        pending = self.get_sync_queue_size()
+        if pending:
+            errors = [lane.last_error for lane in link.lanes.values() if lane.last_error]
+            _log.warning(
+                "agent %s: closed with %d changes still queued (%s); they ship the next time "
+                "the store opens",
+                self.agent_id,
+                pending,
+                errors[0] if errors else f"not acknowledged within {self.config.close_timeout} s",
+            )
+        return CloseResult(shipped=max(0, before - pending), pending=pending)
 
     def __enter__(self) -> Self:
         return self
@@ -448,7 +550,7 @@ class BaseStorage:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        await self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -466,11 +568,9 @@ class BaseStorage:
         self._depth = 0
         if not self._closed:
             self._conn = self._open_connection()
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.forget_after_fork()
-            if not self._closed:
-                self._start_worker()
+        link, self._link = self._link, None
+        if link is not None and not self._closed:
+            self._start_shipping()  # the child's own shipper: the parent's threads are not here
 
 
 @contextmanager
@@ -485,6 +585,17 @@ def _savepoint(conn: sqlite3.Connection, depth: int) -> Iterator[None]:
         conn.execute(f"RELEASE {name}")
         raise
     conn.execute(f"RELEASE {name}")
+
+
+def _pending_seqs(conn: sqlite3.Connection) -> list[int]:
+    return [row.seq for row in outbox.pending(conn, 2**62, after_seq=outbox.floor(conn))]
+
+
+def _dead_among(conn: sqlite3.Connection, seqs: list[int]) -> int:
+    if not seqs:
+        return 0
+    sql = "SELECT count(*) FROM _dead_letters WHERE seq BETWEEN ? AND ?"
+    return int(conn.execute(sql, (seqs[0], seqs[-1])).fetchone()[0])
 
 
 async def run_in_thread(func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:

@@ -65,7 +65,11 @@ def snapshot(store: RecruiterAgentStorage) -> dict[str, list[tuple[Any, ...]]]:
 def store(tmp_path: Path, dead_relay_url: str) -> Iterator[RecruiterAgentStorage]:
     """A store with sync on (towards nobody), so the outbox is part of every snapshot."""
     with RecruiterAgentStorage(
-        "recruiter", tmp_path / "recruiter", htpc_url=dead_relay_url, durability="normal"
+        "recruiter",
+        tmp_path / "recruiter",
+        htpc_url=dead_relay_url,
+        durability="normal",
+        close_timeout=0,
     ) as opened:
         yield opened
 
@@ -887,7 +891,7 @@ def test_migration_adds_linkedin_url_to_a_v1_database(tmp_path: Path, dead_relay
             )
             conn.execute("INSERT INTO candidate_skills VALUES ('c1', 'python')")
 
-    with RecruiterAgentStorage("recruiter", path, htpc_url=dead_relay_url) as new:
+    with RecruiterAgentStorage("recruiter", path, htpc_url=dead_relay_url, close_timeout=0) as new:
         versions = new.conn.execute("SELECT version, description FROM schema_version").fetchall()
         assert versions[-1] == (2, "Added LinkedIn URL field")
         ada = new.get_candidate("c1")

@@ -217,3 +217,46 @@ async def test_malformed_segments_are_refused_whole(relay: httpx.AsyncClient) ->
     for body in bad:
         answer = await relay.post("/relay/batch", json={"segments": [body]})
         assert answer.status_code == 422, body
+
+
+async def test_a_second_restore_of_one_backup_is_reincarnated_again(
+    relay: httpx.AsyncClient, store: CentralStore
+) -> None:
+    inc = await granted(relay)
+    await deliver(relay, segment(inc, 0, 0, [1, 2, 3, 4]))
+    # The backup was taken at seq 2; its first restore takes over...
+    (first,) = await deliver(relay, segment(inc, 2, 2, [3]))
+    assert first["verdict"] == "reincarnate"
+    await deliver(relay, segment(first["incarnation"], 2, 2, [3]))
+    # ...and so does its second, behind where the old incarnation stood (not a twin).
+    (second,) = await deliver(relay, segment(inc, 2, 2, [3]))
+    assert second["verdict"] == "reincarnate"
+    assert second["incarnation"] > first["incarnation"]
+    (resent,) = await deliver(relay, segment(second["incarnation"], 2, 2, [3]))
+    assert resent["verdict"] == "applied"
+    assert (await held(store))["k3"] == (second["incarnation"], 3)
+    # The first restore, now behind nothing but taken over, is fenced.
+    (fenced,) = await deliver(relay, segment(first["incarnation"], 3, 3, [4]))
+    assert fenced["verdict"] == "superseded"
+
+
+async def test_revs_follow_the_write_order_within_a_segment(
+    relay: httpx.AsyncClient, store: CentralStore
+) -> None:
+    inc = await granted(relay)
+    keys = [chr(c) for c in range(ord("z"), ord("a") - 1, -1)]
+    records = [
+        {
+            "table": "kv",
+            "key": key,
+            "op": "upsert",
+            "data": {"value": key},
+            "seq": seq,
+            "ts": "2026-11-27T02:33:27Z",
+        }
+        for seq, key in enumerate(keys, start=1)
+    ]
+    body = {**segment(inc, 0, 0, []), "records": records}
+    assert (await deliver(relay, body))[0]["applied"] == 26
+    page = await store.query(QueryRequest(agent_id="agent-a", limit=100))
+    assert [record.key for record in page.records] == keys

@@ -406,10 +406,8 @@ class DroppingProxy:
             return True
         if b"content-encoding: zstd" in head.lower():
             body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        parsed = orjson.loads(body)
-        records = parsed.get("records", [parsed])
         status = int(response.split(b" ", 2)[1])
-        ack = orjson.loads(_body(response)[1]) if status == 200 else {}
+        answer = orjson.loads(_body(response)[1]) if status == 200 else {}
         with self._lock:
             self._writes += 1
             drop = (
@@ -417,14 +415,7 @@ class DroppingProxy:
                 and self._writes % self.drop_every == 0
                 and self.dropped < self.max_drops
             )
-            self.exchanges.append(
-                Exchange(
-                    path,
-                    [(r["agent_id"], r["key"], r["version"]) for r in records],
-                    ack,
-                    drop,
-                )
-            )
+            self.exchanges += exchanges_of(path, orjson.loads(body), answer, drop)
         return not drop
 
     def close(self) -> None:
@@ -439,6 +430,27 @@ class DroppingProxy:
             thread.join(10)
         for sock in sockets:
             sock.close()
+
+
+def exchanges_of(path: str, sent: dict, answer: dict, dropped: bool) -> list[Exchange]:
+    """The exchanges of one write request: one per delivery segment (with its own ack), or
+    one for a plain write. Grants (segments without records) are left out."""
+    if "segments" not in sent:
+        records = sent.get("records", [sent])
+        return [
+            Exchange(
+                path, [(r["agent_id"], r["key"], r["version"]) for r in records], answer, dropped
+            )
+        ]
+    acks = answer.get("acks") or [{} for _ in sent["segments"]]
+    found = []
+    for segment, ack in zip(sent["segments"], acks, strict=True):
+        if not segment["records"]:
+            continue
+        high = segment["incarnation"] << 32
+        records = [(segment["agent_id"], r["key"], high | r["seq"]) for r in segment["records"]]
+        found.append(Exchange(path, records, ack, dropped))
+    return found
 
 
 def exactly_once_in_effect(exchanges: list[Exchange]) -> tuple[int, int, int]:

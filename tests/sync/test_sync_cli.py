@@ -12,11 +12,9 @@ from typing import Any
 import orjson
 from sync_helpers import REPO_ROOT, WAIT, relay_records
 
-from commander_os import _sqlite as db
 from commander_os.config import StorageConfig
 from commander_os.relay._process import RelayProcess
-from commander_os.storage._delivery.client import RelayClient
-from commander_os.storage._delivery.worker import SyncWorker
+from commander_os.storage._inspect import drain_store
 from commander_os.storage.agent_storage import AgentStorage
 
 
@@ -38,7 +36,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def queue_up(data_dir: Path, agent_id: str, values: dict[str, Any]) -> Path:
-    with AgentStorage(agent_id, data_dir / agent_id, htpc_url=dead_url(), enable_htpc=True) as s:
+    with AgentStorage(
+        agent_id, data_dir / agent_id, htpc_url=dead_url(), enable_htpc=True, close_timeout=0
+    ) as s:
         s.set_many(values)
         return s.db_path
 
@@ -47,7 +47,11 @@ def test_sync_drains_every_store(shared_relay: RelayProcess, tmp_path: Path) -> 
     data = tmp_path / "agents"
     queue_up(data, "cli-sync-a", {f"k{i}": i for i in range(120)})
     queue_up(data, "cli-sync-b", {"x": {"deep": [1, 2]}, "y": "z"})
-    result = cli("sync", "--data-dir", str(data), "--relay", shared_relay.url)
+    refused = cli("sync", "--data-dir", str(data), "--relay", shared_relay.url)
+    assert refused.returncode == 1  # the stores ship to another relay: never silently moved
+    assert "add --to-other-relay" in refused.stderr
+    assert relay_records(shared_relay.url, ["cli-sync-a", "cli-sync-b"]) == {}
+    result = cli("sync", "--data-dir", str(data), "--relay", shared_relay.url, "--to-other-relay")
     assert result.returncode == 0, result.stderr
     assert f"synced 122 change(s) from 2 store(s) to {shared_relay.url}" in result.stdout
     on_relay = relay_records(shared_relay.url, ["cli-sync-a", "cli-sync-b"])
@@ -55,14 +59,14 @@ def test_sync_drains_every_store(shared_relay: RelayProcess, tmp_path: Path) -> 
     assert on_relay[("cli-sync-b", "x")]["data"]["value"] == {"deep": [1, 2]}
     status = orjson.loads(cli("status", "--data-dir", str(data), "--json").stdout)
     assert [report["sync_queue_size"] for report in status] == [0, 0]
-    again = cli("sync", "--data-dir", str(data), "--relay", shared_relay.url)
+    again = cli("sync", "--data-dir", str(data))  # they remember where they ship now
     assert "synced 0 change(s) from 2 store(s)" in again.stdout
 
 
 def test_sync_with_the_relay_down_fails_cleanly_and_keeps_the_queue(tmp_path: Path) -> None:
     data = tmp_path / "agents"
     queue_up(data, "cli-down", {"a": 1, "b": 2})
-    result = cli("sync", "--data-dir", str(data), "--relay", dead_url())
+    result = cli("sync", "--data-dir", str(data))
     assert result.returncode == 1
     assert "error:" in result.stderr
     assert "unreachable" in result.stderr
@@ -78,7 +82,8 @@ def test_query_prints_records_as_json_and_as_a_table(
     queue_up(
         data, "cli-query", {f"user:{i}": {"theme": "dark" if i % 2 else "light"} for i in range(5)}
     )
-    assert cli("sync", "--data-dir", str(data), "--relay", shared_relay.url).returncode == 0
+    moved = cli("sync", "--data-dir", str(data), "--relay", shared_relay.url, "--to-other-relay")
+    assert moved.returncode == 0
     result = cli(
         "query", "--relay", shared_relay.url, "--table", "kv", "--agent", "cli-query", "--json"
     )
@@ -116,17 +121,8 @@ def test_status_shows_queue_sizes_and_dead_letters(
         poison = [poison]
     path = queue_up(data, "cli-status-dead", {"poison": poison, "fine": 1})
     config = StorageConfig(htpc_url=shared_relay.url, max_retry_count=1)
-    worker = SyncWorker(
-        agent_id="cli-status-dead",
-        db_path=path,
-        config=config,
-        client=RelayClient(shared_relay.url),
-        connect=lambda: db.connect(path),
-    )
-    try:
-        assert worker.sync_once() == 1  # "fine" delivered, the poison dead-lettered
-    finally:
-        worker.stop()
+    # "fine" delivered, the poison dead-lettered at its first refusal:
+    assert drain_store(path, config, relay=shared_relay.url, to_other_relay=True) == 2
     result = cli("status", "--data-dir", str(data), "--json")
     assert result.returncode == 0, result.stderr
     reports = {r["agent_id"]: r for r in orjson.loads(result.stdout)}

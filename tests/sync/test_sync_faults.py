@@ -25,6 +25,7 @@ from sync_helpers import (
     OrderWatcher,
     compare_with_relay,
     exactly_once_in_effect,
+    exchanges_of,
     relay_metric,
     relay_records,
 )
@@ -124,9 +125,9 @@ from pathlib import Path
 import httpx, orjson, zstandard
 
 from commander_os.config import StorageConfig
-from commander_os.storage._delivery.client import RelayClient
-from commander_os import _sqlite as db
-from commander_os.storage._delivery.worker import SyncWorker
+from commander_os.storage import RelayClient
+from commander_os.storage._delivery.shipper import Shipper
+from commander_os.storage._inspect import _FileStore
 
 agent, path, url, kill_after = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 real = httpx.HTTPTransport()
@@ -140,30 +141,29 @@ class KillAfterAnswer(httpx.BaseTransport):
         if request.headers.get("content-encoding") == "zstd":
             body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
         sent = orjson.loads(body)
-        records = sent.get("records", [sent])
         response = real.handle_request(request)
         response.read()
-        answers += 1
-        line = {
-            "sent": [[r["agent_id"], r["key"], r["version"]] for r in records],
-            "ack": orjson.loads(response.content),
-        }
-        print(orjson.dumps(line).decode(), flush=True)
-        if answers == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        print(orjson.dumps({"sent": sent, "answer": orjson.loads(response.content)}).decode(),
+              flush=True)
+        if any(segment["records"] for segment in sent["segments"]):
+            answers += 1
+            if answers == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
         return response
 
 
 config = StorageConfig(htpc_url=url, sync_batch_size=50)
-worker = SyncWorker(
-    agent_id=agent,
-    db_path=path,
-    config=config,
-    client=RelayClient(url, http=httpx.Client(transport=KillAfterAnswer())),
-    connect=lambda: db.connect(path),
-)
-print(orjson.dumps({"drained": worker.drain()}).decode(), flush=True)
-worker.stop()
+client = RelayClient(url, http=httpx.Client(transport=KillAfterAnswer()))
+shipper = Shipper(background=False, client_factory=lambda target, cfg: client)
+store = _FileStore(path, config, None)
+link = shipper.attach(store)
+with link.reading() as conn:
+    before = conn.execute("SELECT count(*) FROM _sync_queue WHERE op != 'mark'").fetchone()[0]
+shipper.flush(link, 60, fail_fast=True)
+with link.reading() as conn:
+    after = conn.execute("SELECT count(*) FROM _sync_queue WHERE op != 'mark'").fetchone()[0]
+print(orjson.dumps({"drained": before - after}).decode(), flush=True)
+shipper.detach(link)
 """
 
 
@@ -182,8 +182,7 @@ def _run_shipper(
         if "drained" in answer:
             drained = answer["drained"]
         else:
-            records = [tuple(r) for r in answer["sent"]]
-            exchanges.append(Exchange("", records, answer["ack"], False))  # type: ignore[arg-type]
+            exchanges += exchanges_of("", answer["sent"], answer["answer"], False)
     return exchanges, drained, child.wait()
 
 
@@ -191,7 +190,8 @@ def _queued_keys(path: Path) -> list[str]:
     """The key of every outbox row (one per row, repeats included)."""
     conn = sqlite3.connect(path)
     try:
-        return [orjson.loads(pk)[0] for (pk,) in conn.execute("SELECT pk FROM _sync_queue")]
+        rows = conn.execute("SELECT pk FROM _sync_queue WHERE op != 'mark'")
+        return [orjson.loads(pk)[0] for (pk,) in rows]
     finally:
         conn.close()
 
@@ -206,8 +206,11 @@ def test_agent_killed_between_sending_a_batch_and_deleting_its_rows(
     n = 0
     leftovers = []
     for round_, kill_after in enumerate((1, 2, 3)):
-        # The agent writes while no relay is reachable: everything stays queued.
-        with AgentStorage(agent, data_dir, htpc_url=dead_url(), enable_htpc=True) as store:
+        # The agent writes while its relay is down: everything stays queued.
+        relay.stop()
+        with AgentStorage(
+            agent, data_dir, htpc_url=relay.url, enable_htpc=True, close_timeout=0
+        ) as store:
             for i in range(120):
                 key = f"r{round_}-k{i:03d}"
                 store.set(key, {"n": n})
@@ -220,6 +223,7 @@ def test_agent_killed_between_sending_a_batch_and_deleting_its_rows(
                     ledger.acked_delete(n, key)
                     n += 1
             path = store.db_path
+        relay.restart()
         shipped, drained, code = _run_shipper(spawn, agent, path, relay.url, kill_after)
         assert code == -signal.SIGKILL
         assert drained is None
@@ -344,7 +348,7 @@ done.set()
 sampler.join()
 print(json.dumps({
     "synced": synced, "left": store.get_sync_queue_size(), "base_kib": base, "peak_kib": peak,
-    "seconds": elapsed, "shipped": store.sync_worker.shipped_total,
+    "seconds": elapsed, "shipped": store.health_check()["relay"]["shipped_total"],
 }), flush=True)
 store.close()
 """

@@ -12,9 +12,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import orjson
+
 from commander_os.protocol import SEQ_BITS, EncodedRecord, Verdict
 
-__all__ = ["AgentState", "Outcome", "SegmentHeader", "WriteSegment", "judge_segments"]
+__all__ = [
+    "RECENT_SEGMENTS",
+    "AgentState",
+    "Outcome",
+    "SegmentHeader",
+    "WriteSegment",
+    "judge_segments",
+    "recent_text",
+    "state_of",
+]
+
+#: Applied segments remembered per agent: at least a shipper's pipeline depth, so that every
+#: segment it may resend after losing answers is recognised.
+RECENT_SEGMENTS = 32
+#: Superseded incarnations remembered per agent (with where each stood).
+FINALS_KEPT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,12 +40,15 @@ class AgentState:
 
     incarnation: int = 0
     seq_hi: int = 0
-    #: The last applied segment, to recognise its resend after a lost answer.
-    last_base: int = -1
-    last_through: int = -1
-    last_segment_id: int = -1
+    #: The last applied segments, newest last, as ``(base, through, segment_id)``: a store
+    #: that lost their answers resends them as they were, and must be recognised.
+    recent: tuple[tuple[int, int, int], ...] = ()
     #: Highest version of the agent the store holds (plain writes included).
     highest_version: int = 0
+    #: Where superseded incarnations stood when a new one was granted, as
+    #: ``(incarnation, seq_hi)``: a store behind that is a restore of an older state (it gets a
+    #: new incarnation); one at or past it is the store that was taken over (it is fenced).
+    finals: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +94,18 @@ def _grant(state: AgentState, header: SegmentHeader) -> tuple[Outcome, AgentStat
     """A new incarnation above every version the relay holds for the agent."""
     granted = max(state.incarnation, state.highest_version >> SEQ_BITS) + 1
     outcome = Outcome(Verdict.REINCARNATE, granted, header.acked, state.incarnation, state.seq_hi)
-    fresh = AgentState(granted, header.acked, highest_version=state.highest_version)
+    finals = state.finals
+    if state.incarnation:
+        finals = (
+            *(f for f in finals if f[0] != state.incarnation),
+            (state.incarnation, state.seq_hi),
+        )
+    fresh = AgentState(
+        granted,
+        header.acked,
+        highest_version=state.highest_version,
+        finals=finals[-FINALS_KEPT:],
+    )
     return outcome, fresh
 
 
@@ -82,22 +113,13 @@ def _same_incarnation(state: AgentState, header: SegmentHeader) -> tuple[Outcome
     before = (state.incarnation, state.seq_hi)
     if header.repair:
         return Outcome(Verdict.APPLIED, header.incarnation, header.base, *before), state
+    landed = (header.base, header.through, header.segment_id)
     if header.base == state.seq_hi:
-        applied = replace(
-            state,
-            seq_hi=header.through,
-            last_base=header.base,
-            last_through=header.through,
-            last_segment_id=header.segment_id,
-        )
+        recent = (*state.recent, landed)[-RECENT_SEGMENTS:]
+        applied = replace(state, seq_hi=header.through, recent=recent)
         return Outcome(Verdict.APPLIED, header.incarnation, header.through, *before), applied
     if header.base < state.seq_hi:
-        resend = (header.base, header.through, header.segment_id) == (
-            state.last_base,
-            state.last_through,
-            state.last_segment_id,
-        )
-        if resend:
+        if landed in state.recent:  # a resend after a lost answer: already applied
             return Outcome(Verdict.APPLIED, header.incarnation, header.through, *before), state
         return _grant(state, header)  # behind the relay within its incarnation
     if header.acked > state.seq_hi:
@@ -112,6 +134,11 @@ def judge(state: AgentState, header: SegmentHeader) -> tuple[Outcome, AgentState
     if header.claim or header.incarnation == 0:
         return _grant(state, header)
     if header.incarnation < state.incarnation:
+        final = dict(state.finals).get(header.incarnation)
+        if final is None or header.base < final:
+            # Never seen here, or behind where its incarnation stood: a restored or rebuilt
+            # store, not the one that was taken over. Its writes are the newest: they win.
+            return _grant(state, header)
         outcome = Outcome(
             Verdict.SUPERSEDED, state.incarnation, state.seq_hi, state.incarnation, state.seq_hi
         )
@@ -153,3 +180,19 @@ def judge_segments(
             row.append(outcome)
         verdicts.append(row)
     return verdicts, changed
+
+
+def state_of(incarnation: int, seq_hi: int, recent: str, highest_version: int) -> AgentState:
+    """An agent's state from its stored columns (``recent``: JSON text of
+    ``{"landed": [[base, through, id], ...], "finals": [[incarnation, seq_hi], ...]}``)."""
+    memory = orjson.loads(recent)
+    if isinstance(memory, list):  # the column's default, before anything was remembered
+        memory = {"landed": memory, "finals": []}
+    landed = tuple((int(b), int(t), int(i)) for b, t, i in memory["landed"])
+    finals = tuple((int(n), int(s)) for n, s in memory["finals"])
+    return AgentState(int(incarnation), int(seq_hi), landed, int(highest_version), finals)
+
+
+def recent_text(state: AgentState) -> str:
+    """What ``state`` remembers of segments and incarnations, as the JSON text kept."""
+    return orjson.dumps({"landed": state.recent, "finals": state.finals}).decode()

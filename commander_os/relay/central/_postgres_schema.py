@@ -98,9 +98,7 @@ UPDATE records SET received = ts;
 ALTER TABLE records ALTER COLUMN received SET NOT NULL;
 ALTER TABLE agents ADD COLUMN incarnation bigint NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN seq_hi bigint NOT NULL DEFAULT 0;
-ALTER TABLE agents ADD COLUMN last_base bigint NOT NULL DEFAULT -1;
-ALTER TABLE agents ADD COLUMN last_through bigint NOT NULL DEFAULT -1;
-ALTER TABLE agents ADD COLUMN last_segment bigint NOT NULL DEFAULT -1;
+ALTER TABLE agents ADD COLUMN recent text NOT NULL DEFAULT '[]';
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -50,6 +50,8 @@ from commander_os.relay.central._group_commit import (
     judged_agents,
 )
 from commander_os.relay.central._identity import AgentState, WriteSegment
+from commander_os.relay.central._identity import recent_text as _recent_text
+from commander_os.relay.central._identity import state_of as _state
 from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import check_schema_name, migrate
 
@@ -65,18 +67,15 @@ WRITE_STATEMENT_TIMEOUT = 60.0
 LOCK_REVS = "SELECT last_rev FROM rev_counter FOR UPDATE"
 BUMP_REVS = "UPDATE rev_counter SET last_rev = last_rev + %s RETURNING last_rev"
 SELECT_STATES = """
-SELECT agent_id, incarnation, seq_hi, last_base, last_through, last_segment, highest_version
+SELECT agent_id, incarnation, seq_hi, recent, highest_version
 FROM agents WHERE agent_id = ANY(%s::text[]) ORDER BY agent_id FOR UPDATE
 """
 UPSERT_STATES = """
-INSERT INTO agents AS a (agent_id, highest_version, last_seen, incarnation, seq_hi, last_base,
-                         last_through, last_segment)
-SELECT * FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int8[],
-                     %s::int8[], %s::int8[])
+INSERT INTO agents AS a (agent_id, highest_version, last_seen, incarnation, seq_hi, recent)
+SELECT * FROM unnest(%s::text[], %s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::text[])
 ON CONFLICT (agent_id) DO UPDATE SET
     last_seen = greatest(a.last_seen, excluded.last_seen), incarnation = excluded.incarnation,
-    seq_hi = excluded.seq_hi, last_base = excluded.last_base,
-    last_through = excluded.last_through, last_segment = excluded.last_segment
+    seq_hi = excluded.seq_hi, recent = excluded.recent
 """
 UPSERT_RECORDS = """
 INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev, received)
@@ -315,7 +314,7 @@ class PostgresCentralStore(CentralStore):
         if not agents:
             return {}
         cursor = await conn.execute(SELECT_STATES, (agents,))
-        return {agent: AgentState(*values) for agent, *values in await cursor.fetchall()}
+        return {agent: _state(*values) for agent, *values in await cursor.fetchall()}
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -395,9 +394,7 @@ def _state_params(
         [now_us] * len(agents),
         [state.incarnation for state in values],
         [state.seq_hi for state in values],
-        [state.last_base for state in values],
-        [state.last_through for state in values],
-        [state.last_segment_id for state in values],
+        [_recent_text(state) for state in values],
     )
 
 

@@ -48,6 +48,8 @@ from commander_os.relay.central._group_commit import (
     judged_agents,
 )
 from commander_os.relay.central._identity import AgentState, WriteSegment
+from commander_os.relay.central._identity import recent_text as _recent_text
+from commander_os.relay.central._identity import state_of as _state
 from commander_os.relay.central._sqlite_query import build_query
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
@@ -105,9 +107,7 @@ CREATE TABLE IF NOT EXISTS agents (
     last_seen       INTEGER NOT NULL,
     incarnation     INTEGER NOT NULL DEFAULT 0,
     seq_hi          INTEGER NOT NULL DEFAULT 0,
-    last_base       INTEGER NOT NULL DEFAULT -1,
-    last_through    INTEGER NOT NULL DEFAULT -1,
-    last_segment    INTEGER NOT NULL DEFAULT -1
+    recent          TEXT    NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS table_counts (
     agent_id TEXT    NOT NULL,
@@ -127,9 +127,7 @@ UPGRADES: dict[int, str] = {
     UPDATE records SET received = ts;
     ALTER TABLE agents ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE agents ADD COLUMN seq_hi INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE agents ADD COLUMN last_base INTEGER NOT NULL DEFAULT -1;
-    ALTER TABLE agents ADD COLUMN last_through INTEGER NOT NULL DEFAULT -1;
-    ALTER TABLE agents ADD COLUMN last_segment INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE agents ADD COLUMN recent TEXT NOT NULL DEFAULT '[]';
     """,
 }
 
@@ -157,17 +155,15 @@ ON CONFLICT(agent_id) DO UPDATE SET
 RETURNING highest_version
 """
 SELECT_STATES = """
-SELECT agent_id, incarnation, seq_hi, last_base, last_through, last_segment, highest_version
+SELECT agent_id, incarnation, seq_hi, recent, highest_version
 FROM agents WHERE agent_id IN (SELECT value FROM json_each(?))
 """
 UPSERT_STATE = """
-INSERT INTO agents(agent_id, highest_version, last_seen, incarnation, seq_hi, last_base,
-                   last_through, last_segment)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO agents(agent_id, highest_version, last_seen, incarnation, seq_hi, recent)
+VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT(agent_id) DO UPDATE SET
     last_seen = excluded.last_seen, incarnation = excluded.incarnation,
-    seq_hi = excluded.seq_hi, last_base = excluded.last_base,
-    last_through = excluded.last_through, last_segment = excluded.last_segment
+    seq_hi = excluded.seq_hi, recent = excluded.recent
 """
 SELECT_MAX_REV = "SELECT ifnull(max(rev), 0) FROM records"
 SELECT_AGENTS = "SELECT agent_id, highest_version, last_seen FROM agents ORDER BY agent_id"
@@ -223,7 +219,7 @@ class _Writer:
         if not agents:
             return {}
         rows = self.conn.execute(SELECT_STATES, (orjson.dumps(agents).decode(),))
-        return {agent: AgentState(*values) for agent, *values in rows}
+        return {agent: _state(*values) for agent, *values in rows}
 
     def _existing(self, rows: list[EncodedRecord]) -> dict[_Identity, Any]:
         """``(rev, version, deleted)`` of the stored rows among ``rows``' identities."""
@@ -498,9 +494,7 @@ def _state_rows(
             now_us,
             state.incarnation,
             state.seq_hi,
-            state.last_base,
-            state.last_through,
-            state.last_segment_id,
+            _recent_text(state),
         )
         for agent, state in states.items()
     ]
