@@ -44,7 +44,7 @@ from commander_os.errors import EncryptionError, SchemaError, StorageBusy, Stora
 
 try:
     import sqlcipher3.dbapi2 as sqlcipher
-except ImportError:  # pragma: no cover - a dependency; guards platforms without the wheel
+except ImportError:  # the optional 'encryption' extra: only stores with a key need it
     sqlcipher = None
 
 __all__ = [
@@ -263,9 +263,11 @@ def key_literal(key: str) -> str:
 
 
 def _sqlcipher() -> Any:
-    if sqlcipher is None:  # pragma: no cover - see the import
+    if sqlcipher is None:
         raise EncryptionError(
-            "encryption_key needs SQLCipher: pip install 'sqlcipher3-binary>=0.6'"
+            "encryption_key needs SQLCipher, and the 'encryption' extra is not installed: "
+            "pip install 'commander-os-storage[encryption]' (its sqlcipher3-binary wheels are "
+            "for Linux x86_64; elsewhere install sqlcipher3, built against a system SQLCipher)"
         )
     return sqlcipher
 

@@ -274,6 +274,18 @@ def _parse_where(text: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- relay
 
 
+# The environment (COMMANDER_OS_RELAY_DATABASE_URL, or COMMANDER_OS_DATABASE_URL) is read by
+# load_relay_config with every other setting, not by these options.
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL central store URL; selects backend postgresql (default: from the "
+        "config file or $COMMANDER_OS_RELAY_DATABASE_URL).",
+    ),
+]
+
+
 @relay_app.command("serve")
 def _relay_serve(
     config: ConfigOpt = None,
@@ -282,29 +294,21 @@ def _relay_serve(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Central store folder.")
     ] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(envvar="COMMANDER_OS_DATABASE_URL", help="PostgreSQL central store URL."),
-    ] = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
-    """Run the relay (the embedded SQLite central store unless --database-url is given)."""
+    """Run the relay (the embedded SQLite central store unless a database_url is given)."""
     from commander_os.config import load_relay_config
     from commander_os.relay import serve
 
-    overrides: dict[str, Any] = {"host": host, "port": port, "agent_storage_dir": data_dir}
-    if database_url:
-        overrides.update(backend="postgresql", database_url=database_url)
+    overrides = {
+        "host": host,
+        "port": port,
+        "agent_storage_dir": data_dir,
+        "database_url": database_url,
+    }
     serve(load_relay_config(config, overrides=overrides))
 
 
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        envvar="COMMANDER_OS_DATABASE_URL",
-        help="PostgreSQL central store URL (default: the config's backend).",
-    ),
-]
 CentralDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="SQLite central store folder.")
 ]
@@ -315,9 +319,7 @@ def _central_store(config: Path | None, data_dir: Path | None, database_url: str
     from commander_os.config import load_relay_config
     from commander_os.relay.central import store_for_config
 
-    overrides: dict[str, Any] = {"agent_storage_dir": data_dir}
-    if database_url:
-        overrides.update(backend="postgresql", database_url=database_url)
+    overrides = {"agent_storage_dir": data_dir, "database_url": database_url}
     return store_for_config(load_relay_config(config, overrides=overrides))
 
 
@@ -529,14 +531,50 @@ def _bench(
     raise typer.Exit(run_benchmarks(argv))
 
 
+#: The optional extras of the package (pyproject.toml), by the modules each one installs.
+_EXTRA_OF_MODULE = {
+    "fastapi": "relay",
+    "starlette": "relay",
+    "uvicorn": "relay",
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "sqlcipher3": "encryption",
+}
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """What to install when ``exc`` is a module of an optional extra, else ``None``.
+
+    The core installs everywhere; the relay, PostgreSQL and SQLCipher come as extras, so a
+    command that needs one says which instead of showing a traceback.
+    """
+    extra = _EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return (
+        f"the '{extra}' extra is not installed (no module {exc.name!r}): "
+        f"pip install 'commander-os-storage[{extra}]'"
+    )
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The one-line message for an error of ours (or a missing extra), else ``None``."""
+    if isinstance(exc, CommanderStorageError | OSError):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError):
+        return _missing_extra(exc)
+    return None
+
+
 def main() -> None:
     """Entry point of the ``commander-os`` console script."""
     try:
         app()
-    except (CommanderStorageError, OSError) as exc:
-        if os.environ.get("COMMANDER_OS_DEBUG"):
+    except (CommanderStorageError, OSError, ModuleNotFoundError) as exc:
+        message = _refusal(exc)
+        if message is None or os.environ.get("COMMANDER_OS_DEBUG"):
             raise
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[red]error:[/] {escape(message)}", highlight=False)
         sys.exit(1)
 
 
@@ -547,10 +585,11 @@ def run_relay_command(argv: list[str]) -> int:
         app(args=["relay", "serve", *argv], prog_name="python -m commander_os.network.relay")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-    except (CommanderStorageError, OSError) as exc:
-        if os.environ.get("COMMANDER_OS_DEBUG"):
+    except (CommanderStorageError, OSError, ModuleNotFoundError) as exc:
+        message = _refusal(exc)
+        if message is None or os.environ.get("COMMANDER_OS_DEBUG"):
             raise
-        print(f"relay: {exc}", file=sys.stderr)
+        print(f"relay: {message}", file=sys.stderr)
         return 2
     return 0
 

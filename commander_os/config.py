@@ -1,12 +1,24 @@
 """Configuration: pydantic models for the two YAML files, plus their loaders.
 
 ``config/storage_config.yaml`` holds ``agent_storage:`` (agent side) and ``config/relay.yaml``
-holds ``relay:`` (relay side), as the seed shows them. Environment variables named
-``COMMANDER_OS_<KEY>`` (for example ``COMMANDER_OS_HTPC_URL`` or ``COMMANDER_OS_PORT``) override
-the file. Every error names the file, the key and what is wrong.
+holds ``relay:`` (relay side), as the seed shows them. Environment variables override the
+file, and the loaders' ``overrides`` (command-line options) override both:
+
+* agent settings are ``COMMANDER_OS_<SETTING>``, e.g. ``COMMANDER_OS_HTPC_URL``;
+* relay settings are ``COMMANDER_OS_RELAY_<SETTING>``, e.g. ``COMMANDER_OS_RELAY_PORT``. The
+  names the relay read before it had a prefix of its own (``COMMANDER_OS_PORT``,
+  ``COMMANDER_OS_DATABASE_URL``, ...: :data:`RELAY_ENV_ALIASES`) still work; the prefixed name
+  wins when both are set;
+* nested settings join with ``__``: ``COMMANDER_OS_RELAY_LIMITS__MAX_BODY_BYTES``; a whole
+  section also takes one JSON/YAML mapping (``COMMANDER_OS_RELAY_LIMITS='{max_body_bytes: 2048}'``);
+* lists take JSON/YAML (``[a, b]``) or commas (``a,b``).
+
+:func:`environment_variables` lists every variable. pydantic-settings reads them; the loaders
+merge them with the file and the overrides, and report every problem as one
+:class:`~commander_os.errors.ConfigError` naming the file, the variable, the key and the fix.
 
 Only the CLI and these loaders read files and the environment; everything else takes a config
-object.
+object, and building one (``StorageConfig(htpc_url=...)``) reads nothing but its arguments.
 """
 
 from __future__ import annotations
@@ -16,21 +28,42 @@ import os
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from commander_os.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RELAY_URL",
+    "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
+    "RELAY_ENV_ALIASES",
+    "RELAY_ENV_PREFIX",
     "LimitsConfig",
     "RelayConfig",
     "StorageConfig",
     "TLSConfig",
+    "environment_variables",
     "load_relay_config",
     "load_storage_config",
     "read_encryption_key",
@@ -38,16 +71,51 @@ __all__ = [
 ]
 
 ENV_PREFIX = "COMMANDER_OS_"
+RELAY_ENV_PREFIX = "COMMANDER_OS_RELAY_"
+ENV_NESTED_DELIMITER = "__"
 DEFAULT_RELAY_URL = "http://127.0.0.1:8001"
+
+#: The relay's variables from before it had a prefix of its own, and the setting each sets.
+#: ``COMMANDER_OS_DURABILITY`` and ``COMMANDER_OS_ENCRYPTION_KEY(_FILE)`` are not among them:
+#: agent and relay both read those once, and now they are the agent's only.
+RELAY_ENV_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        ENV_PREFIX + name.upper(): name
+        for name in (
+            "host",
+            "port",
+            "agent_storage_dir",
+            "enable_storage_sync",
+            "backend",
+            "database_url",
+            "auth",
+            "secret",
+            "tls",
+            "limits",
+            "log_level",
+        )
+    }
+)
 
 Durability = Literal["full", "normal"]
 SyncMode = Literal["async", "sync"]
 
+_HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+
 
 def _check_http_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    """``url`` without its trailing slash, if it is an http(s) URL a client can use.
+
+    Checked here so that a typo (``http://127.0.0.1:8O01``) stops the store from being built,
+    instead of failing in the background on the first sync.
+    """
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    try:
+        _HTTP_URL.validate_python(url)
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Input should be a valid URL, ")
+        raise ValueError(f"{url!r} is not a valid URL: {reason}") from None
     return url.rstrip("/")
 
 
@@ -58,11 +126,50 @@ class _Section(BaseModel):
     )
 
 
-class StorageConfig(_Section):
-    """The ``agent_storage:`` section of ``storage_config.yaml``.
+class _Settings(BaseSettings):
+    """A top-level section: a YAML section, a family of environment variables, and a model.
+
+    Building one directly reads only its arguments (the environment is the loaders' business,
+    never a constructor's), and a bad argument is a :class:`ConfigError` naming the setting.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        hide_input_in_errors=True,
+        case_sensitive=False,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+    )
+    #: The top-level key of this section in its YAML file.
+    yaml_section: ClassVar[str]
+    #: Older environment variable names, each mapped to the setting it sets.
+    env_aliases: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            # BaseModel's __init__, not BaseSettings': a config built in code takes its
+            # arguments only (and no settings sources are run for it).
+            BaseModel.__init__(self, **values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(type(self), exc, "settings given in code", {})) from None
+
+    # pydantic runs a model's own __init__ inside model_validate too, where this ConfigError
+    # would be wrapped into a ValidationError; the flag (pydantic's, set on its own
+    # BaseModel.__init__) tells it to validate there without calling it. So model_validate
+    # raises ValidationError (the loaders turn it into a ConfigError naming file and variable)
+    # and reads nothing but its input.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class StorageConfig(_Settings):
+    """The ``agent_storage:`` section of ``storage_config.yaml`` (variables ``COMMANDER_OS_*``).
 
     ``local_data_dir`` is the folder that holds one sub-folder per agent.
     """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+    yaml_section: ClassVar[str] = "agent_storage"
 
     local_data_dir: Path = Path("./data/agents")
     htpc_url: str = DEFAULT_RELAY_URL
@@ -135,8 +242,15 @@ class LimitsConfig(_Section):
     requests_per_second: float | None = Field(default=None, gt=0)
 
 
-class RelayConfig(_Section):
-    """The ``relay:`` section of ``relay.yaml``."""
+class RelayConfig(_Settings):
+    """The ``relay:`` section of ``relay.yaml`` (variables ``COMMANDER_OS_RELAY_*``).
+
+    A ``database_url`` without a ``backend`` selects ``backend: postgresql``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=RELAY_ENV_PREFIX)
+    yaml_section: ClassVar[str] = "relay"
+    env_aliases: ClassVar[Mapping[str, str]] = RELAY_ENV_ALIASES
 
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
@@ -163,6 +277,15 @@ class RelayConfig(_Section):
             raise ValueError("host must be a host name or IP address such as 127.0.0.1")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_selects_postgresql(cls, data: Any) -> Any:
+        # A database_url only ever names a PostgreSQL central store, so giving one (in the
+        # file, the environment or an option) is choosing that backend, unless one is named.
+        if isinstance(data, Mapping) and data.get("database_url") and "backend" not in data:
+            return {**data, "backend": "postgresql"}
+        return data
+
     @model_validator(mode="after")
     def _backend_needs_url(self) -> RelayConfig:
         if self.backend == "postgresql" and not self.database_url:
@@ -171,6 +294,11 @@ class RelayConfig(_Section):
             )
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("database_url must start with postgresql://")
+        if self.backend == "sqlite" and self.database_url:
+            raise ValueError(
+                "backend is 'sqlite' but database_url is set: set backend to 'postgresql' (or "
+                "leave backend out) to use the database, or remove database_url"
+            )
         if self.backend == "postgresql" and (self.encryption_key or self.encryption_key_file):
             raise ValueError(
                 "encryption_key applies to the sqlite backend only; encrypt PostgreSQL's "
@@ -186,6 +314,9 @@ class RelayConfig(_Section):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+
+# ------------------------------------------------------------------------------- secrets
 
 
 def _read_secret_file(path: Path, setting: str, hint: str = "") -> str:
@@ -228,7 +359,116 @@ def read_encryption_key(section: StorageConfig | RelayConfig) -> str | None:
     return _read_secret_file(section.encryption_key_file, "encryption_key_file")
 
 
-_Model = TypeVar("_Model", bound=BaseModel)
+# --------------------------------------------------------------------------- environment
+
+
+def _nested_section(field: FieldInfo) -> type[BaseModel] | None:
+    """The model of a nested section (``limits``, ``tls``: optional or not), else None."""
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def environment_variables(model: type[StorageConfig] | type[RelayConfig]) -> dict[str, str]:
+    """Every environment variable ``model`` reads, mapped to the setting it sets.
+
+    A nested section has one variable per setting (``COMMANDER_OS_RELAY_LIMITS__MAX_BODY_BYTES``
+    sets ``relay.limits.max_body_bytes``) and one for the whole section as a JSON/YAML mapping
+    (``COMMANDER_OS_RELAY_LIMITS``). The older names of relay settings are in
+    :data:`RELAY_ENV_ALIASES`.
+    """
+    prefix = str(model.model_config.get("env_prefix", "")).upper()
+    variables: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        variable = prefix + name.upper()
+        variables[variable] = f"{model.yaml_section}.{name}"
+        nested = _nested_section(field)
+        for sub in nested.model_fields if nested is not None else ():
+            variables[variable + ENV_NESTED_DELIMITER + sub.upper()] = (
+                f"{model.yaml_section}.{name}.{sub}"
+            )
+    return variables
+
+
+class _BadVariable(ValueError):
+    """An environment value that cannot be parsed for ``setting``."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(reason)
+        self.setting = setting
+
+
+class _Environment(EnvSettingsSource):
+    """One section's settings from environment variables.
+
+    pydantic-settings does the naming (prefix, ``__`` nesting, case) and hands values to
+    pydantic; this adds what it lacks: a given mapping instead of ``os.environ`` (so the
+    loaders can be called with any environment), the relay's older names, and lists written
+    with commas or as YAML (``[http://a, http://b]`` is YAML, not JSON).
+    """
+
+    def __init__(self, model: type[_Settings], environ: Mapping[str, str]) -> None:
+        # case_sensitive=False: pydantic-settings looks names up in lower case.
+        variables = {name.lower(): value for name, value in environ.items()}
+        for old, setting in model.env_aliases.items():
+            current = (str(model.model_config.get("env_prefix", "")) + setting).lower()
+            if old.lower() in variables and current not in variables:
+                variables[current] = variables[old.lower()]
+        self._variables = variables
+        super().__init__(model)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self._variables
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        text = str(value).strip()
+        if text.startswith(("[", "{")):
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                problem = str(exc).replace("\n", " ")
+                raise _BadVariable(field_name, f"not a valid JSON/YAML value: {problem}") from None
+        if field is not None and typing.get_origin(field.annotation) is list:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        raise _BadVariable(field_name, "expected a JSON/YAML mapping such as '{key: value}'")
+
+
+def _variables_for(model: type[_Settings], setting: str, environ: Mapping[str, str]) -> list[str]:
+    """The variables of ``environ`` that set ``setting`` (its name, nested names, aliases)."""
+    own = (str(model.model_config.get("env_prefix", "")) + setting).lower()
+    old = {alias.lower() for alias, name in model.env_aliases.items() if name == setting}
+    return sorted(
+        name
+        for name in environ
+        if name.lower() in old
+        or name.lower() == own
+        or name.lower().startswith(own + ENV_NESTED_DELIMITER)
+    )
+
+
+def _from_environment(
+    model: type[_Settings], environ: Mapping[str, str], source: str
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The settings ``environ`` gives ``model``, and the variables behind each."""
+    try:
+        values = _Environment(model, environ)()
+    except SettingsError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, _BadVariable):
+            raise ConfigError(f"{source}: environment: {exc}") from None
+        setting = cause.setting
+        names = ", ".join(_variables_for(model, setting, environ)) or setting
+        raise ConfigError(
+            f"{source}: invalid configuration\n  {model.yaml_section}.{setting}: {cause} "
+            f"(from {names})"
+        ) from None
+    return values, {name: _variables_for(model, name, environ) for name in values}
+
+
+# ---------------------------------------------------------------------------------- loading
+
+_Model = TypeVar("_Model", bound=_Settings)
 
 
 def _read_yaml(path: Path, section: str) -> dict[str, Any]:
@@ -254,55 +494,73 @@ def _read_yaml(path: Path, section: str) -> dict[str, Any]:
     return body
 
 
-def _env_overrides(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        if field.annotation is not str and raw.strip()[:1] in ("[", "{"):
-            overrides[name] = yaml.safe_load(raw)
-        elif typing.get_origin(field.annotation) is list:
-            # COMMANDER_OS_HTPC_URLS=http://a:8001,http://b:8001 (a YAML list works as well)
-            overrides[name] = [item.strip() for item in raw.split(",") if item.strip()]
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``top``; nested sections merge key by key (``limits`` from the
+    file keeps the settings the environment does not name)."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _merge(below, value)
         else:
-            overrides[name] = raw
-    return overrides
+            merged[key] = value
+    return merged
 
 
-def _build(model: type[_Model], values: dict[str, Any], *, source: str, section: str) -> _Model:
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(section)"
-            message = error["msg"]
-            if error["type"] == "extra_forbidden":
-                message = f"unknown setting (known: {', '.join(sorted(model.model_fields))})"
-            problems.append(f"{section}.{where}: {message}")
-        raise ConfigError(f"{source}: invalid configuration\n  " + "\n  ".join(problems)) from None
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The (nested) model an error at ``loc`` belongs to, for listing its known settings."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        nested = _nested_section(field) if field is not None else None
+        if nested is None:
+            break
+        model = nested
+    return model
+
+
+def _describe(
+    model: type[_Settings], exc: ValidationError, source: str, variables: dict[str, list[str]]
+) -> str:
+    """One line per problem: section, key, what is wrong and, for the environment, which
+    variable said so."""
+    problems = []
+    for error in exc.errors():
+        loc = error["loc"]
+        where = "".join(f".{part}" for part in loc)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(sorted(_model_at(model, loc).model_fields))
+            message = f"unknown setting (known: {known})"
+        names = variables.get(str(loc[0]), []) if loc else []
+        if names:
+            message += f" (from {', '.join(names)})"
+        problems.append(f"{model.yaml_section}{where}: {message}")
+    return f"{source}: invalid configuration\n  " + "\n  ".join(problems)
 
 
 def _load(
     model: type[_Model],
-    section: str,
     path: Path | str | None,
     environ: Mapping[str, str] | None,
     overrides: Mapping[str, Any] | None,
 ) -> _Model:
+    """Defaults, then the file, then the environment, then ``overrides``: the last one wins."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     source = "defaults and command-line options"
     if path is not None:
-        values.update(_read_yaml(Path(path), section))
+        values = _read_yaml(Path(path), model.yaml_section)
         source = str(path)
-    env = _env_overrides(model, environ)
-    values.update(env)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    env, variables = _from_environment(model, environ, source)
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    values = _merge(_merge(values, env), given)
     if env:
-        source += " (with " + ", ".join(ENV_PREFIX + k.upper() for k in env) + ")"
-    return _build(model, values, source=source, section=section)
+        used = sorted({name for names in variables.values() for name in names})
+        source += " (with " + ", ".join(used) + ")"
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(model, exc, source, variables)) from None
 
 
 def load_storage_config(
@@ -311,11 +569,13 @@ def load_storage_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> StorageConfig:
-    """Load ``agent_storage:`` from ``path`` (or defaults), then apply ``COMMANDER_OS_*``.
+    """Load ``agent_storage:`` from ``path`` (or defaults), then ``COMMANDER_OS_*``, then
+    ``overrides``.
 
-    Raises :class:`~commander_os.errors.ConfigError` naming the file and key on any problem.
+    ``environ`` defaults to ``os.environ``. Raises
+    :class:`~commander_os.errors.ConfigError` naming the file, variable and key on any problem.
     """
-    return _load(StorageConfig, "agent_storage", path, environ, overrides)
+    return _load(StorageConfig, path, environ, overrides)
 
 
 def load_relay_config(
@@ -324,8 +584,10 @@ def load_relay_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> RelayConfig:
-    """Load ``relay:`` from ``path`` (or defaults), then ``COMMANDER_OS_*``, then ``overrides``.
+    """Load ``relay:`` from ``path`` (or defaults), then ``COMMANDER_OS_RELAY_*`` (and the
+    older names in :data:`RELAY_ENV_ALIASES`), then ``overrides``.
 
     ``overrides`` (command-line options) win over the environment, which wins over the file.
+    Raises :class:`~commander_os.errors.ConfigError` naming the file, variable and key.
     """
-    return _load(RelayConfig, "relay", path, environ, overrides)
+    return _load(RelayConfig, path, environ, overrides)

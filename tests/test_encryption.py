@@ -277,7 +277,7 @@ def test_sigkilled_writer_leaves_an_encrypted_store_that_opens_and_checks(
 
 def test_records_applied_through_the_relay_leave_no_plaintext(tmp_path: Path) -> None:
     relay_dir = tmp_path / "relay"
-    relay = RelayProcess(data_dir=relay_dir, env={"COMMANDER_OS_ENCRYPTION_KEY": KEY})
+    relay = RelayProcess(data_dir=relay_dir, env={"COMMANDER_OS_RELAY_ENCRYPTION_KEY": KEY})
     url = relay.start()
     try:
         with AgentStorage(
@@ -321,8 +321,12 @@ async def central_records(relay_dir: Path, key: str | None) -> int:
 
 def test_keys_come_from_config_file_and_environment_and_stay_hidden(tmp_path: Path) -> None:
     env = {"COMMANDER_OS_ENCRYPTION_KEY": PASSPHRASE}
+    relay_env = {"COMMANDER_OS_RELAY_ENCRYPTION_KEY": PASSPHRASE}
     assert read_encryption_key(load_storage_config(environ=env)) == PASSPHRASE
-    assert read_encryption_key(load_relay_config(environ=env)) == PASSPHRASE
+    assert read_encryption_key(load_relay_config(environ=relay_env)) == PASSPHRASE
+    # Each side reads its own variable only: an agent's key never opens the relay's store.
+    assert read_encryption_key(load_relay_config(environ=env)) is None
+    assert read_encryption_key(load_storage_config(environ=relay_env)) is None
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     assert read_encryption_key(StorageConfig(encryption_key_file=key_file)) == KEY
@@ -338,7 +342,7 @@ def test_keys_come_from_config_file_and_environment_and_stay_hidden(tmp_path: Pa
         read_encryption_key(StorageConfig(encryption_key_file=key_file))
     with pytest.raises(ConfigError, match="sqlite backend only"):
         load_relay_config(
-            environ={**env, "COMMANDER_OS_DATABASE_URL": "postgresql://db/x"},
+            environ={**relay_env, "COMMANDER_OS_DATABASE_URL": "postgresql://db/x"},
             overrides={"backend": "postgresql"},
         )
 

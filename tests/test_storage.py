@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime
 import sqlite3
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -502,6 +503,42 @@ def test_non_json_values_raise_type_error_naming_the_key(
         storage.set("the-key", value)
     assert storage.get("the-key") == "before"
     assert kv_rows(storage) == [("the-key", '"before"')]
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "what"),
+    [
+        (uuid.UUID(int=1), "value", "UUID"),
+        ({"owner": {"ids": [7, uuid.UUID(int=2)]}}, "value['owner']['ids'][1]", "UUID"),
+        ([{"when": datetime.date(2026, 1, 6)}], "value[0]['when']", "date"),
+        ({"tags": {"a", "b"}}, "value['tags']", "set"),
+        ({"x": {"y": float("nan")}}, "value['x']['y']", "nan"),
+        ({"n": {1: "one"}}, "value['n']", "key 1"),
+        ({"big": [None, 2**64]}, "value['big'][1]", "64 bits"),
+        ({"p": _Point(1)}, "value['p']", "_Point"),
+    ],
+    ids=repr,
+)
+def test_non_json_values_name_the_key_and_the_path(
+    make_storage: MakeStorage, value: object, where: str, what: str
+) -> None:
+    storage = make_storage()
+    with pytest.raises(TypeError) as caught:
+        storage.set("the-key", value)
+    message = str(caught.value)
+    assert "'the-key'" in message
+    assert f"{where} is " in message
+    assert what in message
+    with pytest.raises(TypeError, match=r"'second'.*value\['id'\] is a UUID"):
+        storage.set_many({"first": 1, "second": {"id": uuid.UUID(int=3)}})
+    assert kv_rows(storage) == []
+
+
+def test_text_shaped_like_a_uuid_is_just_text(make_storage: MakeStorage) -> None:
+    storage = make_storage()
+    value = {"id": str(uuid.UUID(int=4)), "ids": [str(uuid.uuid4())], "none": None}
+    storage.set("k", value)
+    assert storage.get("k") == value
 
 
 def test_value_too_large(make_storage: MakeStorage) -> None:

@@ -14,6 +14,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -26,6 +28,7 @@ from commander_os.protocol._records import (
     RecordKey,
     StoredRecord,
     TableName,
+    agent_id_error,
 )
 
 __all__ = [
@@ -127,6 +130,20 @@ class QueryRequest(_Strict):
     include_deleted: bool = False
     limit: int = Field(default=DEFAULT_QUERY_LIMIT, ge=1, le=MAX_QUERY_LIMIT)
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+    @field_validator("agent_id", mode="wrap")
+    @classmethod
+    def _one_clear_error(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # A bad id fails both arms of the union (one id, a list of ids), and pydantic would
+        # report both; the one that helps says what is wrong with the id.
+        try:
+            return handler(value)
+        except ValidationError:
+            for agent_id in value if isinstance(value, list) else [value]:
+                error = agent_id_error(agent_id)
+                if error is not None:
+                    raise error from None
+            raise
 
     @field_validator("agent_id")
     @classmethod

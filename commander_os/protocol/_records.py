@@ -31,13 +31,23 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from commander_os.errors import ValueTooLarge
-from commander_os.identifiers import AGENT_ID_PATTERN, MAX_KEY_BYTES, TABLE_NAME_PATTERN
+from commander_os.errors import InvalidAgentId, ValueTooLarge
+from commander_os.identifiers import (
+    AGENT_ID_PATTERN,
+    MAX_KEY_BYTES,
+    TABLE_NAME_PATTERN,
+    validate_agent_id,
+)
 
 __all__ = [
+    "INVALID_AGENT_ID",
     "MAX_BATCH_RECORDS",
     "MAX_VERSION",
     "RECORD_FIELDS",
@@ -51,6 +61,7 @@ __all__ = [
     "StoredRecord",
     "TableName",
     "TimeStamp",
+    "agent_id_error",
     "change_record_json",
     "encode_records",
     "format_ts",
@@ -67,7 +78,37 @@ MAX_VERSION = 2**63 - 1
 SEQ_BITS = 32
 MAX_BATCH_RECORDS = 5000
 
-AgentId = Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+#: The error type of a refused agent id. Its message is the one
+#: :func:`~commander_os.identifiers.validate_agent_id` gives, so a store, the CLI and the
+#: relay's 422 answers all say the same thing.
+INVALID_AGENT_ID = "invalid_agent_id"
+
+
+def agent_id_error(value: object) -> PydanticCustomError | None:
+    """The validation error for ``value`` as an agent id, worded as
+    :func:`~commander_os.identifiers.validate_agent_id` words it; ``None`` for a valid id."""
+    try:
+        validate_agent_id(value)
+    except InvalidAgentId as exc:
+        return PydanticCustomError(INVALID_AGENT_ID, "{reason}", {"reason": str(exc)})
+    return None
+
+
+def _explain_agent_id(value: object, handler: ValidatorFunctionWrapHandler) -> Any:
+    # pydantic-core checks the pattern (fast, and the OpenAPI schema shows it); only an id it
+    # refuses pays for the message that says what a valid id looks like.
+    try:
+        return handler(value)
+    except ValidationError:
+        error = agent_id_error(value)
+        if error is None:
+            raise
+        raise error from None
+
+
+AgentId = Annotated[
+    str, StringConstraints(pattern=AGENT_ID_PATTERN), WrapValidator(_explain_agent_id)
+]
 TableName = Annotated[str, StringConstraints(pattern=TABLE_NAME_PATTERN)]
 RecordKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_BYTES)]
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]

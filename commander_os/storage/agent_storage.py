@@ -14,10 +14,13 @@ method has an ``a``-prefixed twin (``aset``, ``aget``, ...) that runs it off the
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -60,17 +63,59 @@ COUNT = "SELECT COUNT(*) FROM kv"
 
 # orjson would quietly turn these into strings or objects; a value must round-trip as it was.
 _ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# orjson writes a uuid.UUID as its text and has no option to refuse it; a value whose encoding
+# holds text of that shape (or a null, which is how it writes NaN and infinity) is searched
+# for what JSON cannot hold. Searching every value would cost writes a walk of each.
+_UUID_TEXT = re.compile(rb'-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"')
+# orjson's own nesting limit: deeper values are refused, and the search stops there too.
+_MAX_DEPTH = 255
 _MISSING = object()
 
 
-def _has_non_finite_float(value: Any) -> bool:
+def _not_json(value: Any, path: list[Any], depth: int = 0) -> str | None:
+    """What in ``value`` JSON cannot hold (or cannot give back as it was), else ``None``.
+
+    On a find, ``path`` holds the keys and indexes leading to it.
+    """
+    if isinstance(value, str | bool | Enum) or value is None:
+        return None
     if isinstance(value, float):
-        return not math.isfinite(value)
+        return None if math.isfinite(value) else f"{value}, which JSON has no form for"
+    if isinstance(value, int):
+        return None if -(2**63) <= value < 2**64 else "an integer beyond 64 bits"
+    if isinstance(value, UUID):
+        return "a UUID, which JSON holds only as text: store str(value) instead"
+    if depth >= _MAX_DEPTH:
+        return f"nested more than {_MAX_DEPTH} levels deep"
     if isinstance(value, dict):
-        return any(_has_non_finite_float(item) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_non_finite_float(item) for item in value)
-    return False
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a dict with the key {key!r}: JSON object keys are strings"
+            path.append(key)
+            if found := _not_json(item, path, depth + 1):
+                return found
+            path.pop()
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            path.append(index)
+            if found := _not_json(item, path, depth + 1):
+                return found
+            path.pop()
+        return None
+    return f"a {type(value).__name__} object, which JSON cannot hold"
+
+
+def _non_json_problem(value: Any) -> str | None:
+    """Where ``value`` holds something JSON cannot, and what: ``value['ids'][0] is a UUID``."""
+    path: list[Any] = []
+    found = _not_json(value, path)
+    if found is None:
+        return None
+    steps = [f"[{part!r}]" for part in path]
+    if len(steps) > 12:  # a value nested hundreds deep: its path says little past that
+        steps = [*steps[:6], "[...]", *steps[-5:]]
+    return "value" + "".join(steps) + f" is {found}"
 
 
 class AgentStorage(BaseStorage):
@@ -83,14 +128,12 @@ class AgentStorage(BaseStorage):
         try:
             encoded = orjson.dumps(value, option=_ENCODE_OPTIONS)
         except TypeError as exc:
-            raise TypeError(f"value for key {key!r} is not JSON-serialisable: {exc}") from None
-        # orjson writes NaN and the infinities as null, which would not round-trip; they are
-        # the only floats it turns into null, so only values whose encoding has one are walked.
-        if b"null" in encoded and _has_non_finite_float(value):
-            raise TypeError(
-                f"value for key {key!r} is not JSON-serialisable: NaN and infinity have no "
-                "JSON form"
-            )
+            reason = _non_json_problem(value) or str(exc)
+            raise TypeError(f"value for key {key!r} is not JSON-serialisable: {reason}") from None
+        if b"null" in encoded or (b"-" in encoded and _UUID_TEXT.search(encoded)):
+            problem = _non_json_problem(value)
+            if problem is not None:
+                raise TypeError(f"value for key {key!r} is not JSON-serialisable: {problem}")
         if len(encoded) > self.config.max_value_bytes:
             raise ValueTooLarge(
                 f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "
