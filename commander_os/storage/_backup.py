@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from commander_os import _sqlite as db
+from commander_os._files import make_private_dir
 from commander_os.storage._meta import new_epoch, read_epoch, write_epoch
 
 __all__ = ["backup_to"]
@@ -16,9 +17,10 @@ def backup_to(source: sqlite3.Connection, target: Path, *, encryption_key: str |
     """Write a consistent copy of ``source`` to ``target`` (which must not exist).
 
     The copy gets a new epoch, so if it is ever restored its new writes win at the relay over
-    anything the original wrote after the backup. The caller holds the store's lock.
+    anything the original wrote after the backup. The caller holds the store's lock. The copy
+    is created with mode 0600, and missing folders above it with 0700.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(target.parent)
     if target.exists():
         raise FileExistsError(f"backup target {target} already exists")
     partial = target.with_name(target.name + ".partial")

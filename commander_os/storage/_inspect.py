@@ -46,8 +46,8 @@ def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
     key = encryption_key if db.is_encrypted(path) else None
     try:
         conn = db.open_file(path, encryption_key=key, read_only=True, timeout=5.0)
-    except EncryptionError:
-        return True
+    except (EncryptionError, StorageError):
+        return True  # a wrong key, or a refused link: status reports it
     except db.Error:
         return False
     try:
@@ -117,7 +117,12 @@ def drain_store(
         db_path=path,
         config=config,
         client=client,
-        connect=lambda: db.connect(path, durability=config.durability, encryption_key=key),
+        connect=lambda: db.connect(
+            path,
+            durability=config.durability,
+            encryption_key=key,
+            follow_symlinks=config.follow_symlinks,
+        ),
     )
     total = 0
     try:
