@@ -25,7 +25,9 @@ from commander_os.protocol._query import (
 )
 from commander_os.protocol._records import (
     MAX_BATCH_RECORDS,
+    MAX_TS_MICROS,
     MAX_VERSION,
+    MIN_TS_MICROS,
     RECORD_FIELDS,
     REQUIRED_RECORD_FIELDS,
     SEQ_BITS,
@@ -44,6 +46,7 @@ from commander_os.protocol._records import (
     split_version,
     stored_record_json,
     ts_to_micros,
+    utc_in_range,
 )
 
 __all__ = [
@@ -51,8 +54,10 @@ __all__ = [
     "FIELD_PATH_PATTERN",
     "MAX_BATCH_RECORDS",
     "MAX_QUERY_LIMIT",
+    "MAX_TS_MICROS",
     "MAX_VERSION",
     "MAX_WHERE_CLAUSES",
+    "MIN_TS_MICROS",
     "RECORD_FIELDS",
     "REQUIRED_RECORD_FIELDS",
     "SEQ_BITS",
@@ -80,4 +85,5 @@ __all__ = [
     "split_version",
     "stored_record_json",
     "ts_to_micros",
+    "utc_in_range",
 ]

@@ -7,6 +7,7 @@ request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import zlib
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import zstandard
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from commander_os.config import LimitsConfig
 from commander_os.identifiers import MAX_KEY_BYTES
@@ -54,7 +55,12 @@ def _too_large(what: str, limit: int) -> RequestProblem:
 
 
 async def read_body(request: Request, limits: LimitsConfig) -> bytes:
-    """The request body, decompressed, never more than ``limits.max_body_bytes`` either way."""
+    """The request body, decompressed, never more than ``limits.max_body_bytes`` either way.
+
+    A body still incomplete after ``limits.body_timeout`` seconds is refused with 408 and the
+    connection closed: a client trickling bytes must not hold a request open. (The server
+    closes connections whose body stalls where no route reads it: see :mod:`._connections`.)
+    """
     limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -62,6 +68,25 @@ async def read_body(request: Request, limits: LimitsConfig) -> bytes:
             raise RequestProblem(400, "bad_content_length", "Content-Length must be a number")
         if int(declared) > limit:
             raise _too_large("request body", limit)
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            body = await _read_capped(request, limit)
+    except TimeoutError:
+        raise RequestProblem(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {limits.body_timeout:g} s",
+            headers={"connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        raise RequestProblem(
+            400, "incomplete_body", "the connection closed before the body was complete"
+        ) from None
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return decompress(body, encoding, limit)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -69,9 +94,7 @@ async def read_body(request: Request, limits: LimitsConfig) -> bytes:
         if size > limit:
             raise _too_large("request body", limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    return decompress(body, encoding, limit)
+    return b"".join(chunks)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -24,7 +24,9 @@ from commander_os.config import LimitsConfig
 from commander_os.identifiers import AGENT_ID_PATTERN, MAX_KEY_BYTES, TABLE_NAME_PATTERN
 from commander_os.protocol import (
     MAX_BATCH_RECORDS,
+    MAX_TS_MICROS,
     MAX_VERSION,
+    MIN_TS_MICROS,
     RECORD_FIELDS,
     REQUIRED_RECORD_FIELDS,
     BatchRequest,
@@ -136,9 +138,13 @@ class _Encoder:
             if not _TS.fullmatch(ts):
                 raise _Slow
             try:
-                micros = self.micros[ts] = ts_to_micros(datetime.fromisoformat(ts))
+                micros = ts_to_micros(datetime.fromisoformat(ts))
             except ValueError:
                 raise _Slow from None
+            # An offset can carry year 1 or 9999 outside the range in UTC: the models refuse it.
+            if not MIN_TS_MICROS <= micros <= MAX_TS_MICROS:
+                raise _Slow
+            self.micros[ts] = micros
         return micros
 
     def _data_text(self, data: dict[str, Any]) -> str:

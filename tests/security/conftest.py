@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from security_helpers import SECRET, TEST_LIMITS
+from security_helpers import JSON_HEADERS, SECRET, TEST_LIMITS
 
 from commander_os.config import RelayConfig
 from commander_os.relay import create_app
@@ -45,5 +45,7 @@ async def auth_relay(
     """An httpx client bound in-process to a relay with auth on (no token set)."""
     app = create_app(auth_config, store=auth_store)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://localhost", headers=JSON_HEADERS
+    ) as client:
         yield client

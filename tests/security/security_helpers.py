@@ -14,6 +14,9 @@ from commander_os.relay._auth import issue_token
 SECRET = "test-secret-0123456789abcdef-0123456789"
 ANOTHER_SECRET = "another-secret-0123456789abcdef-012345"
 
+#: What every client of a relay sends with a body (the relay refuses other content types).
+JSON_HEADERS = {"content-type": "application/json"}
+
 #: Small limits, so hostile-input tests need no big payloads.
 TEST_LIMITS = LimitsConfig(
     max_body_bytes=64 * 1024,
@@ -21,6 +24,8 @@ TEST_LIMITS = LimitsConfig(
     max_value_bytes=4096,
     max_json_depth=8,
     max_query_limit=100,
+    # These tests count 401s for invalid tokens; test_limits.py tests the failure bucket.
+    auth_failures_per_minute=None,
 )
 
 
