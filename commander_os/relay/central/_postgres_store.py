@@ -369,10 +369,9 @@ class PostgresCentralStore(CentralStore):
 
 
 def _all_busy(pool: AsyncConnectionPool[AsyncConnection[Any]]) -> bool:
-    """True when every connection the pool may open is open and lent out (it is busy, not
-    failing to reach the database)."""
-    stats = pool.get_stats()
-    return stats.get("pool_size", 0) >= pool.max_size and stats.get("pool_available", 0) == 0
+    """True when the pool holds connections (so the database answers) but none was free in
+    time: the relay is busy. A pool that lost every connection is failing to reach it."""
+    return pool.get_stats().get("pool_size", 0) > 0
 
 
 def _upsert_params(group: MergedGroup) -> dict[str, Any]:

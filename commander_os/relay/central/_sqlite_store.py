@@ -74,6 +74,8 @@ MIN_FREE_BYTES = 1 << 20
 #: SQLite VM steps between two checks of the query time budget.
 _PROGRESS_STEPS = 20_000
 _READ_ERRORS: tuple[type[Exception], ...] = (*db.Error, StorageError)
+#: SQLite's error when a JSON function meets text that is not JSON.
+_MALFORMED_JSON = "malformed JSON"
 #: Opening failures reported as CentralStoreUnavailable (both drivers' errors, a bad key).
 _OPEN_ERRORS: tuple[type[Exception], ...] = (
     OSError,
@@ -399,9 +401,18 @@ class SQLiteCentralStore(CentralStore):
             raise CentralStoreUnavailable("central store is closed") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        sql, params = build_query(request, limit=limit)
-        rows: Sequence[Sequence[Any]] = await self._read(self._fetch, sql, params)
+        rows: Sequence[Sequence[Any]] = await self._read(self._fetch_page, request, limit)
         return rows
+
+    def _fetch_page(self, request: QueryRequest, limit: int) -> list[tuple[Any, ...]]:
+        try:
+            return self._fetch(*build_query(request, limit=limit))
+        except db.OperationalError as exc:
+            if not request.where or _MALFORMED_JSON not in str(exc):
+                raise
+        # A row whose data is not JSON (stored by hand or by a bug) made a field filter fail:
+        # such a row has no fields, so it matches no filter; the page goes on without it.
+        return self._fetch(*build_query(request, limit=limit, valid_json_only=True))
 
     def _decode_data(self, raw: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(raw)

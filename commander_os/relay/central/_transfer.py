@@ -67,6 +67,7 @@ def record_line(record: StoredRecord) -> bytes:
     which belongs to the store it came from."""
     body = stored_record_json(record)
     del body["rev"]
+    body.pop("damaged", None)  # reported by export_records; an import takes the record as it is
     body["ts"] = format_ts(record.ts)
     return orjson.dumps(body) + b"\n"
 
