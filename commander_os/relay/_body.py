@@ -7,7 +7,6 @@ request changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import math
 import zlib
@@ -57,9 +56,8 @@ def _too_large(what: str, limit: int) -> RequestProblem:
 async def read_body(request: Request, limits: LimitsConfig) -> bytes:
     """The request body, decompressed, never more than ``limits.max_body_bytes`` either way.
 
-    A body still incomplete after ``limits.body_timeout`` seconds is refused with 408 and the
-    connection closed: a client trickling bytes must not hold a request open. (The server
-    closes connections whose body stalls where no route reads it: see :mod:`._connections`.)
+    A client that stalls is cut off by the server (``limits.body_timeout``, see
+    :mod:`._connections`); here that, like any disconnect, is a 400 nobody receives.
     """
     limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
@@ -68,33 +66,20 @@ async def read_body(request: Request, limits: LimitsConfig) -> bytes:
             raise RequestProblem(400, "bad_content_length", "Content-Length must be a number")
         if int(declared) > limit:
             raise _too_large("request body", limit)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        async with asyncio.timeout(limits.body_timeout):
-            body = await _read_capped(request, limit)
-    except TimeoutError:
-        raise RequestProblem(
-            408,
-            "body_timeout",
-            f"the request body did not arrive within {limits.body_timeout:g} s",
-            headers={"connection": "close"},
-        ) from None
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large("request body", limit)
+            chunks.append(chunk)
     except ClientDisconnect:
         raise RequestProblem(
             400, "incomplete_body", "the connection closed before the body was complete"
         ) from None
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    return decompress(body, encoding, limit)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large("request body", limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return decompress(b"".join(chunks), encoding, limit)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -12,25 +12,28 @@ protocol plus, per connection,
   ``408`` and the connection is closed;
 * a **header size cap** (``limits.max_header_bytes``, checked per read, so a read's worth
   beyond it): ``431`` and closed, so a client cannot grow the header list without bound;
-* a **body deadline**: the route reading the body answers ``408`` after ``limits.body_timeout``
-  (:func:`~commander_os.relay._body.read_body`); :data:`BODY_GRACE_SECONDS` later the
-  connection is closed whatever happens, which covers bodies no route reads (a ``POST`` to an
-  unknown path is answered at once and its body would otherwise be drained forever);
+* a **body deadline** (``limits.body_timeout``): from the end of the headers to the end of the
+  body; then ``408`` (unless the route answered already, as it does at once on an unknown
+  path, leaving the body to be drained) and closed; the route reading the body sees a
+  disconnect;
 * a **connection bound** (``limits.max_connections``): a connection beyond it is closed as soon
   as it is accepted, before anything is read, so the relay cannot run out of file descriptors.
 
-The hooks are httptools' parser callbacks and asyncio's protocol methods, which uvicorn's class
-implements; each override calls uvicorn's first or last and only adds a timer. Measured on the
-2-vCPU development machine (``benchmarks/slow_clients.py``): no difference in requests per
-second beyond noise, and 200 slowloris connections closed within 0.1 s of their deadline while
-ordinary requests kept being answered.
+A deadline is a number on the connection, set and cleared as the request goes through its
+phases (no timer per request: two timers a request cost more than all the checks of
+:mod:`._http_guard`); one sweep per server, every :data:`SWEEP_SECONDS`, closes the
+connections past theirs. The hooks are httptools' parser callbacks and asyncio's protocol
+methods, which uvicorn's class implements; each override calls uvicorn's and adds only that.
+``python -m benchmarks.slow_clients`` measures it (see the README's Security section).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -38,10 +41,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from commander_os.config import LimitsConfig
 
-__all__ = ["BODY_GRACE_SECONDS", "GuardedHttpToolsProtocol", "guarded_protocol"]
+__all__ = ["SWEEP_SECONDS", "GuardedHttpToolsProtocol", "guarded_protocol"]
 
-#: Seconds between the route's 408 for a stalled body and the server closing the connection.
-BODY_GRACE_SECONDS = 1.0
+#: Seconds between two sweeps for connections past their deadline: a deadline is kept within
+#: this much.
+SWEEP_SECONDS = 0.25
 #: Seconds between two log lines about connections refused past the bound.
 _REFUSAL_LOG_SECONDS = 10.0
 _log = logging.getLogger("commander_os.relay")
@@ -60,6 +64,9 @@ def _answer(status: str, error: str, detail: str) -> bytes:
 _HEADERS_TIMEOUT = _answer(
     "408 Request Timeout", "header_timeout", "the request headers did not arrive in time"
 )
+_BODY_TIMEOUT = _answer(
+    "408 Request Timeout", "body_timeout", "the request body did not arrive in time"
+)
 _HEADERS_TOO_LARGE = _answer(
     "431 Request Header Fields Too Large",
     "headers_too_large",
@@ -75,7 +82,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """
 
     header_timeout: ClassVar[float] = LimitsConfig().header_timeout
-    body_deadline: ClassVar[float] = LimitsConfig().body_timeout + BODY_GRACE_SECONDS
+    body_timeout: ClassVar[float] = LimitsConfig().body_timeout
     max_header_bytes: ClassVar[int] = LimitsConfig().max_header_bytes
     max_connections: ClassVar[int] = LimitsConfig().max_connections
     #: Connections closed at accept because the bound was reached (this process, all apps).
@@ -84,7 +91,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        #: Loop time by which the current phase must end (inf: no phase is timed).
+        self._due = math.inf
+        self._expired: Callable[[], None] = self._headers_too_slow
         self._in_headers = True
         self._header_bytes = 0
         self._refused = False
@@ -96,7 +105,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(transport)
             return
         super().connection_made(transport)
-        self._arm(self.header_timeout, self._headers_too_slow)
+        self._time(self.header_timeout, self._headers_too_slow)
+        _Sweep.watch(self.loop, self.connections)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -106,7 +116,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._close(_HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._due = math.inf
         if not self._refused:
             super().connection_lost(exc)
 
@@ -115,47 +125,47 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_headers = True
-        if self._deadline is None:  # the next request on a kept-alive connection
+        if self._due == math.inf:  # the next request on a kept-alive connection
             self._header_bytes = 0
-            self._arm(self.header_timeout, self._headers_too_slow)
+            self._time(self.header_timeout, self._headers_too_slow)
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._arm(self.body_deadline, self._body_too_slow)
+        self._time(self.body_timeout, self._body_too_slow)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._due = math.inf
         super().on_message_complete()
 
     # -- deadlines ----------------------------------------------------------------------------
 
-    def _arm(self, seconds: float, expired: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, expired)
+    def _time(self, seconds: float, expired: Callable[[], None]) -> None:
+        self._due = self.loop.time() + seconds
+        self._expired = expired
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def check_deadline(self, now: float) -> None:
+        """Close this connection if its current phase ran past its deadline (the sweep)."""
+        if now >= self._due:
+            self._due = math.inf
+            self._expired()
 
     def _headers_too_slow(self) -> None:
-        self._deadline = None
         self._close(_HEADERS_TIMEOUT)
 
     def _body_too_slow(self) -> None:
-        # The route had its chance to answer 408 (read_body); whatever state it is in, the
-        # client's time is up. Its task sees a disconnect.
-        self._deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        # The route waiting for this body sees a disconnect; what it answers then is dropped.
+        cycle = self.cycle
+        self._close(_BODY_TIMEOUT, answer=cycle is not None and not cycle.response_started)
 
-    def _close(self, answer: bytes) -> None:
-        """Send ``answer`` unless a response is under way on this connection, then close."""
+    def _close(self, message: bytes, *, answer: bool | None = None) -> None:
+        """Send ``message`` (by default: unless a response is under way here), then close."""
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(answer)
+        if answer is None:
+            answer = self.cycle is None or self.cycle.response_complete
+        if answer:
+            self.transport.write(message)
         self.transport.close()
 
     def _refuse(self, transport: asyncio.Transport) -> None:
@@ -173,6 +183,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
 
 
+class _Sweep:
+    """One per server (its set of open connections): closes those past their deadline."""
+
+    _running: ClassVar[dict[int, _Sweep]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        self.loop = loop
+        self.connections = connections
+
+    @classmethod
+    def watch(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        """Make sure the connections of one server are swept (from their first one on)."""
+        if id(connections) not in cls._running:
+            sweep = cls._running[id(connections)] = _Sweep(loop, connections)
+            loop.call_later(SWEEP_SECONDS, sweep.run)
+
+    def run(self) -> None:
+        now = self.loop.time()
+        for protocol in list(self.connections):
+            if isinstance(protocol, GuardedHttpToolsProtocol):
+                protocol.check_deadline(now)
+        if self.connections:
+            self.loop.call_later(SWEEP_SECONDS, self.run)
+        else:  # idle: the next connection starts a sweep again
+            del self._running[id(self.connections)]
+
+
 def guarded_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` option, with ``limits``' deadlines."""
     return type(
@@ -180,7 +217,7 @@ def guarded_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
         (GuardedHttpToolsProtocol,),
         {
             "header_timeout": limits.header_timeout,
-            "body_deadline": limits.body_timeout + BODY_GRACE_SECONDS,
+            "body_timeout": limits.body_timeout,
             "max_header_bytes": limits.max_header_bytes,
             "max_connections": limits.max_connections,
         },

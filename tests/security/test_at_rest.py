@@ -61,15 +61,15 @@ def modes_below(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.usefixtures("umask_022")
-def test_an_agent_store_and_its_backups_are_private(tmp_path: Path) -> None:
+def test_an_agent_store_and_its_backups_are_private(tmp_path: Path, dead_relay_url: str) -> None:
     data_dir = tmp_path / "data" / "agents" / "my-agent"
-    with AgentStorage("my-agent", data_dir, enable_htpc=False) as storage:
+    # Sync on (towards a relay that is not there): the shipper's lock file exists too.
+    with AgentStorage("my-agent", data_dir, htpc_url=dead_relay_url, enable_htpc=True) as storage:
         storage.set("k", {"secret": "value"})
         storage.backup(tmp_path / "backups" / "nightly" / "my-agent.db")
         found = modes_below(tmp_path / "data") | modes_below(tmp_path / "backups")
-        assert {"agents/my-agent/my-agent.db-wal", "agents/my-agent/my-agent.db-shm"} <= {
-            name.removeprefix("data/") for name in found
-        }
+    names = {Path(name).name for name in found}
+    assert {"my-agent.db", "my-agent.db-wal", "my-agent.db-shm", "my-agent.db.sync-lock"} <= names
     for name, bits in found.items():
         is_dir = (tmp_path / name).is_dir()
         assert bits == (0o700 if is_dir else 0o600), f"{name}: {bits:o}"

@@ -2,8 +2,8 @@
 
 200 connections attack at once: 100 trickle header lines forever (slowloris), 50 declare a
 body on ``/relay/batch`` and trickle it, 50 do the same on an unknown path (answered at once,
-body never read). Each is closed within its deadline (``limits.header_timeout``, or
-``limits.body_timeout`` plus the server's grace) while ordinary requests keep being answered.
+body never read). Each is closed within its deadline (``limits.header_timeout`` or
+``limits.body_timeout``) while ordinary requests keep being answered.
 Oversized headers get 431, and connections past ``limits.max_connections`` are closed at once.
 
 The time bounds asserted are generous liveness checks (a deadline plus seconds of slack); the
@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from commander_os.relay._connections import BODY_GRACE_SECONDS
+from commander_os.relay._connections import SWEEP_SECONDS
 from commander_os.relay._process import RelayProcess
 
 HEADER_TIMEOUT = 1.0
@@ -102,7 +102,7 @@ def test_200_slow_connections_are_cut_off_while_requests_are_served(tmp_path: Pa
 
         async def run() -> list[int]:
             attacks = [attack(relay.port, slow) for slow in (*headers, *bodies, *unread)]
-            traffic = ordinary_traffic(relay.url, BODY_TIMEOUT + BODY_GRACE_SECONDS + 1)
+            traffic = ordinary_traffic(relay.url, BODY_TIMEOUT + 1)
             *_, statuses = await asyncio.wait_for(asyncio.gather(*attacks, traffic), 60)
             return statuses
 
@@ -113,16 +113,16 @@ def test_200_slow_connections_are_cut_off_while_requests_are_served(tmp_path: Pa
     assert set(statuses) == {200}
     for slow in headers:
         assert slow.closed_after is not None
-        assert HEADER_TIMEOUT * 0.9 <= slow.closed_after < HEADER_TIMEOUT + SLACK
+        assert HEADER_TIMEOUT <= slow.closed_after < HEADER_TIMEOUT + SWEEP_SECONDS + SLACK
         assert slow.answer.startswith(b"HTTP/1.1 408 ")
     for slow in bodies:
         assert slow.closed_after is not None
-        assert BODY_TIMEOUT * 0.9 <= slow.closed_after < BODY_TIMEOUT + SLACK
+        assert BODY_TIMEOUT <= slow.closed_after < BODY_TIMEOUT + SWEEP_SECONDS + SLACK
         assert slow.answer.startswith(b"HTTP/1.1 408 ")
         assert b"body_timeout" in slow.answer
     for slow in unread:
         assert slow.closed_after is not None
-        assert slow.closed_after < BODY_TIMEOUT + BODY_GRACE_SECONDS + SLACK
+        assert BODY_TIMEOUT <= slow.closed_after < BODY_TIMEOUT + SWEEP_SECONDS + SLACK
         assert slow.answer.startswith(b"HTTP/1.1 404 ")  # answered at once, body never read
 
 
@@ -132,11 +132,10 @@ def test_oversized_headers_get_431(tmp_path: Path) -> None:
 
         async def send_big_headers() -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            # ~24 KB of header lines, never finished. No more than that: bytes the relay never
-            # reads would make its close a reset, which can discard its answer in transit.
-            for index in range(400):
-                writer.write(b"X-Filler-%d: %s\r\n" % (index, b"y" * 48))
+            # ~20 KB of header lines, never finished, in one write: bytes the relay has not
+            # read when it closes would make the close a reset, which can discard its answer.
+            filler = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 40) for i in range(400))
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + filler)
             answer = await reader.read(65536)
             writer.close()
             return answer

@@ -202,7 +202,8 @@ class PostgresCentralStore(CentralStore):
                 f"cannot connect to PostgreSQL at {where}: {_one_line(exc)}"
             ) from None
         try:
-            await self._configure(conn, self.query_timeout)
+            # Migrations are not queries: a short query budget must not cancel them.
+            await self._configure(conn, WRITE_STATEMENT_TIMEOUT)
             await migrate(conn, self.schema)
         except psycopg.Error as exc:
             raise CentralStoreUnavailable(
@@ -314,12 +315,12 @@ class PostgresCentralStore(CentralStore):
                 "narrow it with agent_id, table or key"
             ) from exc
         except PoolTimeout as exc:
-            if _all_busy(pool):
-                raise QueryTimeout(
-                    f"query waited past the {self.query_timeout:g} s budget for a free "
-                    "database connection: the relay is busy, retry later"
-                ) from exc
-            raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
+            # Busy, or the database away? The health probe (its own connection) tells.
+            await self._shared_probe()
+            raise QueryTimeout(
+                f"query waited past the {self.query_timeout:g} s budget for a free "
+                "database connection: the relay is busy, retry later"
+            ) from exc
         except (psycopg.Error, PoolClosed) as exc:
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
@@ -366,12 +367,6 @@ class PostgresCentralStore(CentralStore):
 
     def _describe(self) -> dict[str, Any]:
         return {"database": describe_url(self.url), "schema": self.schema}
-
-
-def _all_busy(pool: AsyncConnectionPool[AsyncConnection[Any]]) -> bool:
-    """True when the pool holds connections (so the database answers) but none was free in
-    time: the relay is busy. A pool that lost every connection is failing to reach it."""
-    return pool.get_stats().get("pool_size", 0) > 0
 
 
 def _upsert_params(group: MergedGroup) -> dict[str, Any]:
