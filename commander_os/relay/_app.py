@@ -9,7 +9,8 @@ nothing; a central store that cannot be reached gives 503.
 With ``relay.auth`` on, every endpoint but ``/health`` and the API docs needs a bearer token
 (401 without a valid one): a token writes only its own agent's records, reads what its ACL
 grants, and ``/metrics`` and the dashboard need an admin token (403 otherwise); see
-:mod:`._auth`. :mod:`._server` runs the app.
+:mod:`._auth`. Before any route, :mod:`._http_guard` refuses foreign ``Host`` and ``Origin``
+headers and non-JSON ``POST`` bodies. :mod:`._server` runs the app.
 """
 
 from __future__ import annotations
