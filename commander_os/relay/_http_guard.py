@@ -139,7 +139,10 @@ class HttpGuard:
         if origin is None:
             return True
         # "null" (a sandboxed page, a file) has no host, so it never matches.
-        netloc = urlsplit(origin.decode("latin-1").strip()).netloc.lower()
+        try:
+            netloc = urlsplit(origin.decode("latin-1").strip()).netloc.lower()
+        except ValueError:  # e.g. "http://[::1": not an origin a browser sends
+            return False
         return host is not None and netloc != "" and netloc == host.decode("latin-1").lower()
 
     # -- forwarded addresses ------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import httpx
 import orjson
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from security_helpers import SECRET, all_records, bearer, record, relay_client, token
 
 from commander_os.config import LimitsConfig, RelayConfig
@@ -150,6 +153,7 @@ async def test_foreign_origins_and_cross_site_fetches_are_403(
     refused = [
         {"origin": "http://evil.example"},
         {"origin": "null"},
+        {"origin": "http://[::1"},
         {"origin": "http://localhost:3000"},  # another local page is another origin
         {"origin": "http://localhost", "host": "localhost:8001"},
         {"sec-fetch-site": "cross-site"},
@@ -237,3 +241,39 @@ def test_uvicorn_does_not_believe_forwarded_for_either(tmp_path: Path) -> None:
         ]
     assert set(answers) <= {200, 429}
     assert answers.count(429) >= 10
+
+
+HEADER_TEXT = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    headers=st.dictionaries(
+        st.sampled_from(
+            ["host", "origin", "content-type", "x-forwarded-for", "sec-fetch-site", "authorization"]
+        ),
+        HEADER_TEXT,
+    ),
+    method=st.sampled_from(["GET", "POST"]),
+    path=st.sampled_from(["/relay/query", "/relay/changes", "/health", "/relay/immediate"]),
+)
+def test_no_header_value_gets_a_server_error(
+    headers: dict[str, str], method: str, path: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async def call() -> int:
+        folder = tmp_path_factory.mktemp("fuzz")
+        config = RelayConfig(agent_storage_dir=folder, trusted_proxies=["127.0.0.0/8"])
+        store = store_for_config(config)
+        await store.open()
+        try:
+            async with relay_client(create_app(config, store=store)) as relay:
+                body = orjson.dumps({}) if method == "POST" else None
+                raw = {name: value.encode("latin-1") for name, value in headers.items()}
+                answer = await relay.request(method, path, content=body, headers=raw)
+                return answer.status_code
+        finally:
+            await store.close()
+
+    assert asyncio.run(call()) < 500
