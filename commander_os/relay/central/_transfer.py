@@ -96,18 +96,25 @@ async def export_records(
         page = await store.query(
             QueryRequest(include_deleted=True, limit=EXPORT_PAGE, cursor=cursor)
         )
-        records = page.records
-        damaged = [record for record in records if record.damaged]
-        if damaged:
-            if on_damaged is not None:
-                for record in damaged:
-                    on_damaged(record)
-            records = [record for record in records if is_exportable(record)]
+        records = _exportable(page.records, on_damaged)
         out.writelines(record_line(record) for record in records)
         count += len(records)
         if page.next_cursor is None:
             return count
         cursor = page.next_cursor
+
+
+def _exportable(
+    records: list[StoredRecord], on_damaged: Callable[[StoredRecord], object] | None
+) -> list[StoredRecord]:
+    """``records`` without those :func:`is_exportable` refuses; every damaged one reported."""
+    damaged = [record for record in records if record.damaged]
+    if not damaged:
+        return records
+    report = on_damaged or (lambda _: None)
+    for record in damaged:
+        report(record)
+    return [record for record in records if is_exportable(record)]
 
 
 def parse_line(line: bytes | str, number: int) -> ChangeRecord:
