@@ -26,11 +26,18 @@ A file is never opened by the wrong driver: the first 16 bytes of a plain databa
 tells the two apart before opening. That matters beyond the error message: two SQLite libraries
 in one process do not see each other's POSIX locks, so a plain ``sqlite3`` connection that
 opened (and closed) a live encrypted store could checkpoint and delete its WAL under it.
+
+**Private at rest.** A database file is created with mode 0600 before SQLite opens it, and SQLite
+gives the ``-wal``, ``-shm`` and ``-journal`` files it creates beside it the database's mode, so
+none of them is readable by other users whatever the umask. A symbolic link at the database path
+(or at its WAL, shared-memory or journal path) is refused unless ``follow_symlinks`` is set: a
+link planted there would send every write to wherever it points. See :mod:`commander_os._files`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sqlite3
 import threading
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+from commander_os._files import create_private_file, refuse_symlink
 from commander_os.errors import EncryptionError, SchemaError, StorageBusy, StorageError
 
 try:
@@ -84,6 +92,8 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 #: a passphrase, which SQLCipher stretches with PBKDF2 (about 0.1-0.2 s per connection).
 _RAW_KEY = re.compile(r"[0-9A-Fa-f]{64}")
 VERIFY_KEY = "SELECT count(*) FROM sqlite_master"
+#: The files SQLite keeps beside a database (WAL mode, and rollback journal mode).
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 # (path, sha256 of the key) pairs that opened in this process: see _check_key_read_only().
 _good_keys: set[tuple[str, str]] = set()
 _good_keys_lock = threading.Lock()
@@ -127,22 +137,29 @@ def connect(
     query_only: bool = False,
     encryption_key: str | None = None,
     tuning: Tuning | None = None,
+    follow_symlinks: bool = False,
 ) -> sqlite3.Connection:
     """Open ``path`` with our pragmas: WAL, ``synchronous``, ``busy_timeout``, foreign keys.
 
     ``read_only`` opens the file read-only (it must exist); ``query_only`` keeps a read-write
     connection from writing (a reader of a database someone else writes). With
     ``encryption_key`` the database is opened (or created) encrypted through SQLCipher; see
-    :func:`open_file`. Raises :class:`~commander_os.errors.EncryptionError` for a wrong or
-    missing key, or a key given for a plain file; :class:`~commander_os.errors.StorageError`
-    if the file cannot be opened as a database, :class:`~commander_os.errors.StorageBusy` if
-    it stays locked.
+    :func:`open_file`, which also says how a new file is made private and why a symbolic link
+    at ``path`` is refused unless ``follow_symlinks``. Raises
+    :class:`~commander_os.errors.EncryptionError` for a wrong or missing key, or a key given
+    for a plain file; :class:`~commander_os.errors.StorageError` if the file cannot be opened
+    as a database (or is a refused link), :class:`~commander_os.errors.StorageBusy` if it
+    stays locked.
     """
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
             conn = open_file(
-                path, encryption_key=encryption_key, read_only=read_only, timeout=busy_timeout
+                path,
+                encryption_key=encryption_key,
+                read_only=read_only,
+                timeout=busy_timeout,
+                follow_symlinks=follow_symlinks,
             )
             try:
                 # Tuning first: a page size must be set before WAL mode writes the header.
@@ -168,6 +185,7 @@ def open_file(
     read_only: bool = False,
     timeout: float = 30.0,
     cached_statements: int = 256,
+    follow_symlinks: bool = False,
 ) -> sqlite3.Connection:
     """Open ``path`` in autocommit mode, usable from any thread, without our pragmas.
 
@@ -175,10 +193,20 @@ def open_file(
     connection is SQLCipher's, keyed before its first read and checked with a read of
     ``sqlite_master``; a new file is created encrypted. The key never appears in a message.
 
+    A missing file is created with mode 0600 first (unless ``read_only``), so the database and
+    the files SQLite makes beside it are private. Unless ``follow_symlinks``, a symbolic link
+    at ``path`` or at one of its companion files (``-wal``, ``-shm``, ``-journal``), dangling
+    or not, raises :class:`~commander_os.errors.StorageError` before anything is opened.
+
     Raises :class:`~commander_os.errors.EncryptionError` ("wrong encryption key for ...",
     "... is encrypted: give encryption_key", "... is not encrypted") without writing to the
     file, and lets busy errors through (see :func:`is_busy_error`) for the caller to retry.
     """
+    driver: Any = sqlite3
+    if encryption_key is not None:  # before creating anything: a bad key or no SQLCipher
+        literal = key_literal(encryption_key)
+        driver = _sqlcipher()
+    _prepare_path(path, read_only=read_only, follow_symlinks=follow_symlinks)
     encrypted = is_encrypted(path)
     target = _read_only_uri(path) if read_only else str(path)
     if encryption_key is None:
@@ -186,12 +214,9 @@ def open_file(
             raise EncryptionError(
                 f"{path} is encrypted (or is not an SQLite database): give encryption_key"
             )
-        driver: Any = sqlite3
     elif encrypted is False:
         raise EncryptionError(f"{path} is not encrypted: open it without encryption_key")
     else:
-        literal = key_literal(encryption_key)
-        driver = _sqlcipher()
         if not read_only:
             _check_key_read_only(path, encryption_key, literal, timeout)
     conn: sqlite3.Connection = driver.connect(
@@ -210,6 +235,21 @@ def open_file(
         conn.close()
         raise
     return conn
+
+
+def _prepare_path(path: Path, *, read_only: bool, follow_symlinks: bool) -> None:
+    """Refuse links at the database's paths (see :func:`open_file`); create it private."""
+    if not follow_symlinks:
+        for candidate in (str(path), *(f"{path}{suffix}" for suffix in COMPANION_SUFFIXES)):
+            refuse_symlink(Path(candidate))
+    if read_only:
+        return
+    try:
+        create_private_file(Path(path))
+    except OSError as exc:
+        # A link (when followed) or a missing folder: SQLite's own open reports it next.
+        if not os.path.lexists(path):
+            raise StorageError(f"cannot create database {path}: {exc.strerror or exc}") from None
 
 
 def _read_only_uri(path: Path) -> str:

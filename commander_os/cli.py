@@ -350,19 +350,29 @@ def _relay_export(
     """Write every record of the central store (tombstones too) to a JSON-lines file."""
     import asyncio
 
-    from commander_os.relay.central._transfer import export_records
+    from commander_os.relay.central._transfer import export_records, is_exportable
 
     store = _central_store(config, data_dir, database_url)
     source = getattr(store, "path", None)
     if isinstance(source, Path) and not source.exists():
         raise CentralStoreUnavailable(f"no central store at {source}: check --data-dir / --config")
 
+    damaged: list[Any] = []
+
     async def run() -> int:
         async with store:
-            with out.open("wb") as stream:
-                return await export_records(store, stream)
+            # 0600: the export holds every agent's records, like the store itself.
+            with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                return await export_records(store, f, on_damaged=damaged.append)
 
     count = asyncio.run(run())
+    for record in damaged:
+        left = "exported" if is_exportable(record) else "LEFT OUT"
+        err_console.print(
+            f"warning: {record.agent_id}/{record.table}/{record.key} (rev {record.rev}) is "
+            f"damaged, {left}: {record.damaged}",
+            highlight=False,
+        )
     console.print(f"exported {count} record(s) from {store.backend} to {out}", highlight=False)
 
 

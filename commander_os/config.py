@@ -51,12 +51,14 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from commander_os._files import warn_if_exposed
 from commander_os.errors import ConfigError
 
 __all__ = [
     "DEFAULT_RELAY_URL",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
+    "LOOPBACK_NAMES",
     "RELAY_ENV_ALIASES",
     "RELAY_ENV_PREFIX",
     "LimitsConfig",
@@ -99,6 +101,8 @@ RELAY_ENV_ALIASES: Mapping[str, str] = MappingProxyType(
 
 Durability = Literal["full", "normal"]
 SyncMode = Literal["async", "sync"]
+#: The names every loopback relay answers to by default (``relay.allowed_hosts``).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
@@ -207,6 +211,9 @@ class StorageConfig(_Settings):
     sync_pipeline: int = Field(default=4, ge=1, le=64)
     #: Seconds between two cheap looks for changes committed by other processes.
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    #: Open the database even if its path is a symbolic link (refused by default: a link
+    #: planted there would send every write elsewhere).
+    follow_symlinks: bool = False
 
     @field_validator("htpc_url")
     @classmethod
@@ -231,15 +238,31 @@ class TLSConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    """``relay.limits``: request bounds; violations answer 413 / 422 / 429."""
+    """``relay.limits``: request bounds; violations answer 408 / 413 / 422 / 429 / 431."""
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_batch_records: int = Field(default=5000, ge=1, le=5000)
     max_value_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(default=64, ge=2, le=512)
     max_query_limit: int = Field(default=1000, ge=1, le=1000)
+    #: Seconds a query (or change-feed page) may take, waiting for a reader included.
     query_timeout: float = Field(default=5.0, gt=0, le=300)
+    #: Requests per second per agent (per client address without auth); None: no limit.
     requests_per_second: float | None = Field(default=None, gt=0)
+    #: Queries one token (one client address without auth) may run at once; 429 past it.
+    max_concurrent_queries: int = Field(default=8, ge=1, le=1000)
+    #: Failed authentications per client address per minute (bursts up to as many); past
+    #: it, every request of that address gets 429 until the bucket refills. None: no limit.
+    auth_failures_per_minute: float | None = Field(default=30.0, gt=0)
+    #: Seconds a client has to send a request's line and headers, from the connection's start
+    #: (or the request's first byte on a kept-alive connection); then 408 and closed.
+    header_timeout: float = Field(default=10.0, gt=0, le=600)
+    #: Seconds a client has to send a request's body once its headers are in; then 408.
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    #: Bytes of request line and headers; past it, 431 and closed.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    #: Open connections; past it, new ones are closed at once (nothing read, nothing answered).
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
 class RelayConfig(_Settings):
@@ -269,6 +292,15 @@ class RelayConfig(_Settings):
     encryption_key: str | None = Field(default=None, repr=False)
     encryption_key_file: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: ``Host`` header names the relay answers to (besides ``host`` itself): a name, an IP
+    #: address, ``*.example.com`` (its subdomains) or ``*`` (any). Others get 400: a web page
+    #: that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the relay.
+    allowed_hosts: list[str] = Field(default_factory=lambda: list(LOOPBACK_NAMES))
+    #: Addresses or networks (``10.0.0.0/8``) of reverse proxies whose ``X-Forwarded-For``
+    #: names the client; from anyone else the header is ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: Open ``central.db`` even if its path is a symbolic link (refused by default).
+    follow_symlinks: bool = False
 
     @field_validator("host")
     @classmethod
@@ -285,6 +317,30 @@ class RelayConfig(_Settings):
         if isinstance(data, Mapping) and data.get("database_url") and "backend" not in data:
             return {**data, "backend": "postgresql"}
         return data
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        names = [name.strip().lower().strip("[]") for name in value]
+        for name in names:
+            if not name or any(ch.isspace() or ch in "/@" for ch in name) or "://" in name:
+                raise ValueError(
+                    f"{name!r} is not a host name: give names such as relay.example.com, "
+                    "*.example.com, 10.0.0.5 or *"
+                )
+        return names
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network such as 10.0.0.1 or 10.0.0.0/8"
+                ) from None
+        return [entry.strip() for entry in value]
 
     @model_validator(mode="after")
     def _backend_needs_url(self) -> RelayConfig:
@@ -320,7 +376,11 @@ class RelayConfig(_Settings):
 
 
 def _read_secret_file(path: Path, setting: str, hint: str = "") -> str:
-    """The one-line secret in ``path``; errors name the file and setting, never the content."""
+    """The one-line secret in ``path``; errors name the file and setting, never the content.
+
+    Warns (:class:`~commander_os.errors.InsecureFileWarning`) when other users may read it.
+    """
+    warn_if_exposed(path, setting)
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:

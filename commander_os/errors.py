@@ -27,7 +27,11 @@ so ``except ValueError`` keeps working.
     │   ├── CentralStoreUnavailable    cannot be reached or is closed (the relay answers 503)
     │   ├── InvalidCursor              a query cursor this relay did not produce (+ ValueError)
     │   └── QueryTimeout               a query ran past the time budget
-    └── InvalidToken                   relay token malformed, forged, expired       (+ ValueError)
+    ├── InvalidToken                   relay token malformed, forged, expired       (+ ValueError)
+    └── InsecureFileWarning            a key, token or secret file others can read (+ UserWarning)
+
+:class:`InsecureFileWarning` is issued with :func:`warnings.warn`, never raised: filter it like
+any warning.
 
 Agents built on the library grow their own branches under the root (the recruiter example's
 ``RecruiterError`` lives in :mod:`commander_os.agents.recruiter.errors`).
@@ -43,6 +47,7 @@ __all__ = [
     "CommanderStorageError",
     "ConfigError",
     "EncryptionError",
+    "InsecureFileWarning",
     "InvalidAgentId",
     "InvalidCursor",
     "InvalidKey",
@@ -158,3 +163,7 @@ class InvalidToken(CommanderStorageError, ValueError):
 
     The message never contains the token itself.
     """
+
+
+class InsecureFileWarning(CommanderStorageError, UserWarning):
+    """A key, token or secret file is accessible by other users (``chmod 600`` it)."""

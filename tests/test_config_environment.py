@@ -40,6 +40,8 @@ SAMPLES: dict[str, Any] = {
     "agent_storage.htpc_url": "http://127.0.0.1:9101",
     "agent_storage.htpc_urls": ["http://127.0.0.1:9102", "http://127.0.0.1:9103"],
     "relay.database_url": PG_URL,
+    "relay.allowed_hosts": ["relay.example.com", "*.example.org"],
+    "relay.trusted_proxies": ["10.0.0.0/8"],
 }
 #: File contents a setting needs beside it to be valid, chosen so that the file alone gives
 #: a different value (or no valid config): the variable must be what changes it.

@@ -329,6 +329,7 @@ def test_keys_come_from_config_file_and_environment_and_stay_hidden(tmp_path: Pa
     assert read_encryption_key(load_storage_config(environ=relay_env)) is None
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
     assert read_encryption_key(StorageConfig(encryption_key_file=key_file)) == KEY
     assert read_encryption_key(RelayConfig(encryption_key_file=key_file)) == KEY
     config = StorageConfig(encryption_key=PASSPHRASE)
@@ -352,6 +353,7 @@ def test_cli_status_reads_encrypted_stores_with_the_key_file(
 ) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(KEY)
+    key_file.chmod(0o600)
 
     def status(*extra: str, exit_code: int = 0) -> dict[str, Any]:
         result = subprocess.run(

@@ -38,7 +38,9 @@ from commander_os.protocol._query import (
 )
 from commander_os.protocol._records import (
     MAX_BATCH_RECORDS,
+    MAX_TS_MICROS,
     MAX_VERSION,
+    MIN_TS_MICROS,
     RECORD_FIELDS,
     REQUIRED_RECORD_FIELDS,
     SEQ_BITS,
@@ -58,6 +60,7 @@ from commander_os.protocol._records import (
     split_version,
     stored_record_json,
     ts_to_micros,
+    utc_in_range,
 )
 
 __all__ = [
@@ -68,8 +71,10 @@ __all__ = [
     "MAX_QUERY_LIMIT",
     "MAX_SEGMENTS",
     "MAX_SEQ",
+    "MAX_TS_MICROS",
     "MAX_VERSION",
     "MAX_WHERE_CLAUSES",
+    "MIN_TS_MICROS",
     "RECORD_FIELDS",
     "REQUIRED_RECORD_FIELDS",
     "SEQ_BITS",
@@ -106,4 +111,5 @@ __all__ = [
     "split_version",
     "stored_record_json",
     "ts_to_micros",
+    "utc_in_range",
 ]

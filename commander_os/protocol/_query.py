@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -29,6 +29,7 @@ from commander_os.protocol._records import (
     StoredRecord,
     TableName,
     agent_id_error,
+    utc_in_range,
 )
 
 __all__ = [
@@ -155,9 +156,18 @@ class QueryRequest(_Strict):
     @field_validator("updated_since")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+        return None if value is None else utc_in_range(value)
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> QueryRequest:
+        # No key holds U+0000 (the relay refuses such keys) and PostgreSQL cannot compare it
+        # at all, so both stores refuse it here alike rather than answer differently.
+        compared: list[Any] = [self.key, self.key_prefix]
+        for clause in self.where:
+            compared += clause.value if isinstance(clause.value, list) else [clause.value]
+        if any(isinstance(text, str) and "\x00" in text for text in compared):
+            raise ValueError("a query cannot contain the character U+0000 (NUL)")
+        return self
 
     def agent_ids(self) -> list[str] | None:
         """The agent filter as a list, or ``None`` for every agent."""

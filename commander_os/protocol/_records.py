@@ -49,7 +49,9 @@ from commander_os.identifiers import (
 __all__ = [
     "INVALID_AGENT_ID",
     "MAX_BATCH_RECORDS",
+    "MAX_TS_MICROS",
     "MAX_VERSION",
+    "MIN_TS_MICROS",
     "RECORD_FIELDS",
     "REQUIRED_RECORD_FIELDS",
     "SEQ_BITS",
@@ -70,6 +72,7 @@ __all__ = [
     "split_version",
     "stored_record_json",
     "ts_to_micros",
+    "utc_in_range",
 ]
 
 #: Largest version a record may carry: a signed 64-bit integer (SQLite INTEGER, PostgreSQL BIGINT).
@@ -114,25 +117,14 @@ RecordKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_BY
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 
 
-def _utc(value: datetime) -> datetime:
-    """``value`` in UTC (a naive one is taken to be UTC, as the protocol says every ts is).
-
-    Raises ``ValueError`` for a moment outside years 1 to 9999 once in UTC (for example
-    ``0001-01-01T00:00:00+23:59``): it could be stored but never read back.
-    """
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("timestamp is outside years 1 to 9999 in UTC") from None
-
-
-#: A wire timestamp: ISO 8601, converted to UTC, within years 1 to 9999 there.
-TimeStamp = Annotated[datetime, AfterValidator(_utc)]
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_FIRST_TS = datetime.min.replace(tzinfo=UTC)
+_LAST_TS = datetime.max.replace(tzinfo=UTC)
+#: The representable range of ``ts`` (years 1 to 9999 in UTC) as UTC microseconds: a timestamp
+#: outside it is refused, as it could never be rendered back into a datetime.
+MIN_TS_MICROS = (_FIRST_TS - _EPOCH) // _MICROSECOND
+MAX_TS_MICROS = (_LAST_TS - _EPOCH) // _MICROSECOND
 
 
 def make_version(incarnation: int, seq: int) -> int:
@@ -163,9 +155,34 @@ def ts_to_micros(moment: datetime) -> int:
 
 
 def micros_to_ts(micros: int) -> datetime:
-    """Inverse of :func:`ts_to_micros` (an aware UTC datetime)."""
-    seconds, micro = divmod(micros, 1_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
+    """Inverse of :func:`ts_to_micros` (an aware UTC datetime).
+
+    A value outside years 1 to 9999 (which only a relay older than this check can have
+    stored) becomes the nearest representable instant rather than an error, so one such
+    record cannot break a page of results: see :meth:`StoredRecord.from_row`.
+    """
+    if not MIN_TS_MICROS <= micros <= MAX_TS_MICROS:
+        return _FIRST_TS if micros < MIN_TS_MICROS else _LAST_TS
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def utc_in_range(moment: datetime) -> datetime:
+    """``moment`` in UTC (naive means UTC); ``ValueError`` if that leaves years 1 to 9999.
+
+    ``0001-01-01T00:00:00+23:59`` is a valid ISO time whose UTC instant lies in year 0.
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{moment.isoformat()} is outside years 1 to 9999 once converted to UTC"
+        ) from None
+
+
+#: A wire timestamp: ISO 8601, converted to UTC, within years 1 to 9999 there.
+TimeStamp = Annotated[datetime, AfterValidator(utc_in_range)]
 
 
 class _Strict(BaseModel):
@@ -301,7 +318,13 @@ def encode_records(
 
 
 class StoredRecord(BaseModel):
-    """A record as the relay holds it; what a query returns."""
+    """A record as the relay holds it; what a query returns.
+
+    ``damaged`` is set (and sent) only for a stored record that cannot be rendered as it is:
+    data that does not decode to a JSON object (then ``data`` is null), or a ``ts`` outside
+    years 1 to 9999 (then ``ts`` is the nearest representable instant). Such a record keeps
+    its place in the page instead of breaking it.
+    """
 
     agent_id: str
     table: str
@@ -311,12 +334,20 @@ class StoredRecord(BaseModel):
     ts: datetime
     deleted: bool
     rev: int = Field(description="the relay's global change order")
+    damaged: str | None = Field(
+        default=None, description="why this stored record could not be rendered as it is"
+    )
 
     @classmethod
-    def from_row(cls, row: Sequence[Any], data: dict[str, Any] | None) -> StoredRecord:
+    def from_row(
+        cls, row: Sequence[Any], data: dict[str, Any] | None, damaged: str | None = None
+    ) -> StoredRecord:
         """A record from a central store's row ``(rev, agent_id, tbl, key, version, ts_us,
-        deleted, data)`` with its ``data`` already decoded (the store knows its encoding)."""
+        deleted, data)`` with its ``data`` already decoded (the store knows its encoding);
+        ``damaged`` says why the data could not be decoded, if it could not."""
         rev, agent_id, tbl, key, version, ts_us, deleted = row[:7]
+        if not MIN_TS_MICROS <= ts_us <= MAX_TS_MICROS:
+            damaged = "; ".join(filter(None, [damaged, f"ts {ts_us} us is out of range"]))
         return cls.model_construct(
             rev=rev,
             agent_id=agent_id,
@@ -326,12 +357,13 @@ class StoredRecord(BaseModel):
             ts=micros_to_ts(ts_us),
             deleted=bool(deleted),
             data=data,
+            damaged=damaged,
         )
 
 
 def stored_record_json(record: StoredRecord) -> dict[str, Any]:
     """A stored record as the relay sends it (``ts`` stays a datetime for orjson)."""
-    return {
+    body = {
         "agent_id": record.agent_id,
         "table": record.table,
         "key": record.key,
@@ -341,3 +373,6 @@ def stored_record_json(record: StoredRecord) -> dict[str, Any]:
         "deleted": record.deleted,
         "rev": record.rev,
     }
+    if record.damaged is not None:
+        body["damaged"] = record.damaged
+    return body

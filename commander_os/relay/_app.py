@@ -9,7 +9,8 @@ nothing; a central store that cannot be reached gives 503.
 With ``relay.auth`` on, every endpoint but ``/health`` and the API docs needs a bearer token
 (401 without a valid one): a token writes only its own agent's records, reads what its ACL
 grants, and ``/metrics`` and the dashboard need an admin token (403 otherwise); see
-:mod:`._auth`. :mod:`._server` runs the app.
+:mod:`._auth`. Before any route, :mod:`._http_guard` refuses foreign ``Host`` and ``Origin``
+headers and non-JSON ``POST`` bodies. :mod:`._server` runs the app.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from commander_os.relay._body import RequestProblem, check_query, parse_model, r
 from commander_os.relay._dashboard import render_dashboard
 from commander_os.relay._feed import MAX_WAIT_SECONDS, changes_page
 from commander_os.relay._guard import Caller, Guard
+from commander_os.relay._health import health_response
 from commander_os.relay._http import error_response, json_response, page_json
+from commander_os.relay._http_guard import install_http_guard
 from commander_os.relay._ingest import deliver, ingest, is_delivery
 from commander_os.relay._state import RelayState
 from commander_os.relay.central import CentralStore, CentralStoreUnavailable, store_for_config
@@ -92,32 +95,20 @@ class _MetricsMiddleware:
             self.metrics.count_request(path, status)
 
 
-async def _query(state: RelayState, request: QueryRequest) -> QueryResponse:
+async def _query(state: RelayState, caller: Caller, request: QueryRequest) -> QueryResponse:
     cap = state.config.limits.max_query_limit
     if request.limit > cap:
         request = request.model_copy(update={"limit": cap})
     started = time.perf_counter()
     try:
-        answer = await state.store.query(request)
+        with caller.query_slot():
+            answer = await state.store.query(request)
     except InvalidCursor as exc:
         raise RequestProblem(400, "invalid_cursor", str(exc)) from None
     except QueryTimeout as exc:
         raise RequestProblem(422, "query_timeout", str(exc)) from None
     state.metrics.query_latency.observe(time.perf_counter() - started)
     return answer
-
-
-async def _health(state: RelayState) -> Response:
-    store = await state.store.health()
-    body = {
-        "status": "ok" if store.ok else "unavailable",
-        "version": __version__,
-        "uptime_seconds": round(state.metrics.uptime(), 3),
-        "backend": store.backend,
-        "central_store": {"reachable": store.ok, **store.detail},
-        "storage_sync_enabled": state.config.enable_storage_sync,
-    }
-    return json_response(body, 200 if store.ok else 503)
 
 
 # ----------------------------------------------------------------------- app plumbing
@@ -188,7 +179,7 @@ def _make_guard(config: RelayConfig, secret: bytes | None) -> Guard:
                 "<agent_storage_dir>/relay.secret"
             )
         secret = load_secret(config)
-    return Guard(secret if config.auth else None, rate=config.limits.requests_per_second)
+    return Guard(secret if config.auth else None, limits=config.limits)
 
 
 def _caller_dependency(guard: Guard) -> Callable[..., Awaitable[Caller]]:
@@ -261,7 +252,7 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         may read; naming another is 403)."""
         query = parse_model(QueryRequest, await read_body(request, limits))
         check_query(query)
-        answer = await _query(state, caller.restrict_query(query))
+        answer = await _query(state, caller, caller.restrict_query(query))
         return json_response(page_json(answer.records, answer.next_cursor))
 
     @app.get("/relay/changes", response_model=QueryResponse)
@@ -279,7 +270,7 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         )
 
         async def page(query: QueryRequest) -> QueryResponse:
-            return await _query(state, query)
+            return await _query(state, caller, query)
 
         records, cursor = await changes_page(
             state.changes, page, caller.restrict_query(request), wait
@@ -289,16 +280,19 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
     @app.get("/relay/agents")
     async def relay_agents(caller: Caller = admit) -> Response:
         """Every agent the token may read: last seen, highest version, record counts."""
-        agents = [a for a in await state.store.agents() if caller.may_read(a.agent_id)]
+        with caller.query_slot():
+            found = await state.store.agents()
+        agents = [a for a in found if caller.may_read(a.agent_id)]
         return json_response({"agents": [a.model_dump() for a in agents]})
 
 
 def _add_operator_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
     @app.get("/health")
-    async def health() -> Response:
-        """200 when the central store answers, else 503; version, uptime, backend. Open to
-        all (no records in it)."""
-        return await _health(state)
+    async def health(request: Request) -> Response:
+        """200 when the central store answers and can commit, else 503 (``degraded`` or
+        ``unavailable``). Open to all; details (backend, counters) only for an admin token
+        when auth is on."""
+        return await health_response(state, request)
 
     # Not response_class=PlainTextResponse: that would document the JSON errors as text/plain.
     @app.get(
@@ -353,6 +347,7 @@ def create_app(
         responses={"4XX": {"model": ErrorBody}, "503": {"model": ErrorBody}},
     )
     app.state.relay = state
+    install_http_guard(app, config)  # first, so the metrics count its refusals too
     app.add_middleware(_MetricsMiddleware, state=state)
     _install_error_handlers(app)
     _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest])

@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import orjson
 
+from commander_os._files import make_private_dir, warn_if_exposed
 from commander_os.config import RelayConfig
 from commander_os.errors import ConfigError, InvalidToken
 from commander_os.identifiers import AGENT_ID_PATTERN, validate_agent_id
@@ -271,7 +272,11 @@ def _checked(text: str, source: str) -> bytes:
 
 
 def read_secret_file(path: Path) -> bytes:
-    """The secret stored in ``path``; raises :class:`ConfigError` if missing or unusable."""
+    """The secret stored in ``path``; raises :class:`ConfigError` if missing or unusable.
+
+    Warns (:class:`~commander_os.errors.InsecureFileWarning`) when other users may read it.
+    """
+    warn_if_exposed(path, "relay secret")
     try:
         return _checked(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
@@ -281,7 +286,7 @@ def read_secret_file(path: Path) -> bytes:
 
 
 def _create_secret_file(path: Path) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first: use theirs

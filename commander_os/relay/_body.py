@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import zstandard
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from commander_os.config import LimitsConfig
 from commander_os.identifiers import MAX_KEY_BYTES
@@ -54,7 +54,11 @@ def _too_large(what: str, limit: int) -> RequestProblem:
 
 
 async def read_body(request: Request, limits: LimitsConfig) -> bytes:
-    """The request body, decompressed, never more than ``limits.max_body_bytes`` either way."""
+    """The request body, decompressed, never more than ``limits.max_body_bytes`` either way.
+
+    A client that stalls is cut off by the server (``limits.body_timeout``, see
+    :mod:`._connections`); here that, like any disconnect, is a 400 nobody receives.
+    """
     limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -64,14 +68,18 @@ async def read_body(request: Request, limits: LimitsConfig) -> bytes:
             raise _too_large("request body", limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large("request body", limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large("request body", limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestProblem(
+            400, "incomplete_body", "the connection closed before the body was complete"
+        ) from None
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    return decompress(body, encoding, limit)
+    return decompress(b"".join(chunks), encoding, limit)
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -28,7 +28,9 @@ from commander_os.protocol import (
     MAX_INCARNATION,
     MAX_SEGMENTS,
     MAX_SEQ,
+    MAX_TS_MICROS,
     MAX_VERSION,
+    MIN_TS_MICROS,
     RECORD_FIELDS,
     REQUIRED_RECORD_FIELDS,
     SEQ_BITS,
@@ -58,10 +60,6 @@ _SEGMENT_FIELDS = frozenset(Segment.model_fields)
 _SEGMENT_REQUIRED = frozenset(n for n, f in Segment.model_fields.items() if f.is_required())
 _ITEM_FIELDS = frozenset(SegmentRecord.model_fields)
 _ITEM_REQUIRED = frozenset(n for n, f in SegmentRecord.model_fields.items() if f.is_required())
-# The microseconds of 0001-01-01 and 9999-12-31T23:59:59.999999 in UTC: a timestamp outside
-# them could be stored but never read back (the models refuse it with a clear message).
-_MIN_MICROS = -62135596800_000000
-_MAX_MICROS = 253402300799_999999
 _NEW = tuple.__new__  # EncodedRecord(...) goes through a Python-level __new__
 
 
@@ -156,7 +154,8 @@ class _Encoder:
                 micros = ts_to_micros(datetime.fromisoformat(ts))
             except ValueError:
                 raise _Slow from None
-            if not _MIN_MICROS <= micros <= _MAX_MICROS:
+            # An offset can carry year 1 or 9999 outside the range in UTC: the models refuse it.
+            if not MIN_TS_MICROS <= micros <= MAX_TS_MICROS:
                 raise _Slow
             self.micros[ts] = micros
         return micros

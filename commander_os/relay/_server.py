@@ -19,10 +19,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from commander_os.config import RelayConfig
+from commander_os.config import LOOPBACK_NAMES, RelayConfig
 from commander_os.errors import ConfigError
 from commander_os.relay._app import create_app
 from commander_os.relay._auth import load_secret
+from commander_os.relay._connections import guarded_protocol
 from commander_os.relay._feed import MAX_WAIT_SECONDS
 from commander_os.relay.central import store_for_config
 
@@ -41,6 +42,10 @@ def check_startable(config: RelayConfig) -> list[str]:
         for name, path in (("certfile", config.tls.certfile), ("keyfile", config.tls.keyfile)):
             if not path.is_file():
                 raise ConfigError(f"relay.tls.{name}: {path} is not a readable file")
+    return _auth_problems(config) + _exposure_problems(config)
+
+
+def _auth_problems(config: RelayConfig) -> list[str]:
     if not config.auth:
         if not config.is_loopback():
             raise ConfigError(
@@ -59,6 +64,23 @@ def check_startable(config: RelayConfig) -> list[str]:
             "clear text; set tls.certfile and tls.keyfile in relay.yaml"
         ]
     return []
+
+
+def _exposure_problems(config: RelayConfig) -> list[str]:
+    warnings = []
+    if config.tls is not None and config.tls.keyfile.stat().st_mode & 0o077:
+        warnings.append(
+            f"relay.tls.keyfile: {config.tls.keyfile} is accessible by other users; "
+            f"restrict it with: chmod 600 {config.tls.keyfile}"
+        )
+    wildcard = config.host.strip("[]") in ("0.0.0.0", "::")  # noqa: S104 (a comparison)
+    if wildcard and set(config.allowed_hosts) <= set(LOOPBACK_NAMES):
+        warnings.append(
+            f"relay.allowed_hosts: listening on {config.host}, but only requests naming "
+            f"{', '.join(config.allowed_hosts) or 'nothing'} in their Host header are answered; "
+            "add the names agents use to reach the relay (or '*')"
+        )
+    return warnings
 
 
 async def serve_async(
@@ -103,6 +125,13 @@ async def _run_server(
             access_log=False,  # one log line per request would cost more than the request
             server_header=False,
             timeout_graceful_shutdown=int(MAX_WAIT_SECONDS) + 5,
+            # Header and body deadlines, a header size cap and a connection bound (uvicorn has
+            # none of the first three): see _connections.
+            http=guarded_protocol(config.limits),
+            # uvicorn would believe X-Forwarded-For from 127.0.0.1 by default, so any local
+            # process could pick the address the rate limits key on; relay.trusted_proxies
+            # decides instead (_http_guard).
+            proxy_headers=False,
             **tls,
         )
     )

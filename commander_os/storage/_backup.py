@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from commander_os import _sqlite as db
+from commander_os._files import make_private_dir
 
 __all__ = ["backup_to"]
 
@@ -15,9 +16,10 @@ def backup_to(source: sqlite3.Connection, target: Path, *, encryption_key: str |
     """Write a consistent copy of ``source`` to ``target`` (which must not exist).
 
     The caller holds the store's lock. A copy that is restored later is behind the relay: the
-    relay gives it a new incarnation, and its new writes win (the identity rule).
+    relay gives it a new incarnation, and its new writes win (the identity rule). The copy
+    is created with mode 0600, and missing folders above it with 0700.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(target.parent)
     if target.exists():
         raise FileExistsError(f"backup target {target} already exists")
     partial = target.with_name(target.name + ".partial")

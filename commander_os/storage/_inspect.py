@@ -58,8 +58,8 @@ def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
     key = encryption_key if db.is_encrypted(path) else None
     try:
         conn = db.open_file(path, encryption_key=key, read_only=True, timeout=5.0)
-    except EncryptionError:
-        return True
+    except (EncryptionError, StorageError):
+        return True  # a wrong key, or a refused link: status reports it
     except db.Error:
         return False
     try:
@@ -115,7 +115,12 @@ class _FileStore:
         self.agent_id = validate_agent_id(path.stem)
         self.config = config
         self.db_path = path
-        self._conn = db.connect(path, durability=config.durability, encryption_key=key)
+        self._conn = db.connect(
+            path,
+            durability=config.durability,
+            encryption_key=key,
+            follow_symlinks=config.follow_symlinks,
+        )
         self._lock = threading.RLock()
 
     @contextmanager

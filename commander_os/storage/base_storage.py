@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from commander_os import _sqlite as db
+from commander_os._files import make_private_dir
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
 from commander_os.errors import ConfigError, RelayError, StorageClosed
 from commander_os.identifiers import validate_agent_id
@@ -115,7 +116,7 @@ class BaseStorage:
         self._link: StoreLink | None = None
         self._relay: RelayClient | None = None
         self._encryption_key = read_encryption_key(self.config)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)  # 0700: other users must not read the store
         self._conn = self._open_connection()
         try:
             self._prepare_schema()
@@ -148,6 +149,7 @@ class BaseStorage:
             durability=durability or self.config.durability,
             busy_timeout=self.config.busy_timeout,
             encryption_key=self._encryption_key,
+            follow_symlinks=self.config.follow_symlinks,
         )
 
     def _prepare_schema(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pg_helpers import database_url, scratch_schema
-from relay_helpers import CONTRACT_MAX_VALUE_BYTES
+from relay_helpers import CONTRACT_MAX_VALUE_BYTES, JSON_HEADERS
 
 from commander_os.config import LimitsConfig, RelayConfig
 from commander_os.relay import create_app
@@ -89,5 +89,7 @@ async def relay(
     """An httpx client bound in-process to a relay app over an open SQLite store."""
     app = create_app(relay_config, store=relay_store)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://localhost", headers=JSON_HEADERS
+    ) as client:
         yield client

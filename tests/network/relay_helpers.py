@@ -9,6 +9,8 @@ from commander_os.protocol import ChangeRecord
 
 #: Every store in the contract suite rejects encoded values above this many bytes.
 CONTRACT_MAX_VALUE_BYTES = 64 * 1024
+#: What every client of a relay sends with a body (the relay refuses other content types).
+JSON_HEADERS = {"content-type": "application/json"}
 
 
 def make_record(

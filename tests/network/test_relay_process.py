@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import zstandard
+from relay_helpers import JSON_HEADERS
 
 from commander_os.protocol import format_ts
 from commander_os.relay import LISTENING_PREFIX
@@ -43,7 +44,11 @@ def test_serve_persist_sigterm_restart(tmp_path: Path) -> None:
             body = zstandard.ZstdCompressor().compress(
                 orjson.dumps({"agent_id": "agent-a", "records": records(500)})
             )
-            ack = http.post("/relay/batch", content=body, headers={"content-encoding": "zstd"})
+            ack = http.post(
+                "/relay/batch",
+                content=body,
+                headers={**JSON_HEADERS, "content-encoding": "zstd"},
+            )
             assert ack.json() == {
                 "agent_id": "agent-a",
                 "highest_version": 500,

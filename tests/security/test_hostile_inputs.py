@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from security_helpers import TEST_LIMITS, bearer, files_under, record, token
+from security_helpers import JSON_HEADERS, TEST_LIMITS, bearer, files_under, record, token
 
 from commander_os.config import LimitsConfig, RelayConfig
 from commander_os.errors import InvalidAgentId
@@ -291,7 +291,9 @@ async def test_rate_limit_per_token_answers_429_with_retry_after(tmp_path: Path)
     await store.open()
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as relay:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON_HEADERS
+        ) as relay:
             busy = bearer(token("agent-a", secret="s" * 40))
             answers = [await relay.post("/relay/query", json={}, headers=busy) for _ in range(20)]
             limited = [a for a in answers if a.status_code == 429]
@@ -324,7 +326,9 @@ async def test_rate_limit_without_auth_is_per_client_address(tmp_path: Path) -> 
     await app.state.relay.store.open()
     try:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as relay:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://localhost", headers=JSON_HEADERS
+        ) as relay:
             codes = [(await relay.get("/relay/agents")).status_code for _ in range(6)]
     finally:
         await app.state.relay.store.close()

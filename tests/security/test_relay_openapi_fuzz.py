@@ -31,7 +31,14 @@ EXAMPLES = 40
 @pytest.fixture(scope="module")
 def relay_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     data = Path(tmp_path_factory.mktemp("fuzz-relay"))
-    config = RelayConfig(agent_storage_dir=data, auth=True, secret=SECRET, limits=TEST_LIMITS)
+    # schemathesis calls the app as "testserver".
+    config = RelayConfig(
+        agent_storage_dir=data,
+        auth=True,
+        secret=SECRET,
+        limits=TEST_LIMITS,
+        allowed_hosts=["testserver"],
+    )
     app = create_app(config)
     yield app
     # schemathesis runs the app's lifespan (which opens the store); end it, closing the store.

@@ -52,6 +52,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ca.cert_pem.write_to_path(str(paths["ca"]))
     other_ca.cert_pem.write_to_path(str(paths["other_ca"]))
     server.private_key_pem.write_to_path(str(paths["key"]))
+    paths["key"].chmod(0o600)  # the relay warns about a key others can read
     for blob in server.cert_chain_pems:
         blob.write_to_path(str(paths["cert"]), append=True)
     return paths
@@ -256,6 +257,7 @@ def test_agent_token_from_the_environment_and_from_a_file(
         token_a = cli("token", "create", "env-agent", "--data-dir", str(tmp_path / "relay"))
         token_b = cli("token", "create", "file-agent", "--data-dir", str(tmp_path / "relay"))
         (tmp_path / "file-agent.token").write_text(token_b + "\n")
+        (tmp_path / "file-agent.token").chmod(0o600)
         storage_yaml = tmp_path / "storage_config.yaml"
         storage_yaml.write_text(
             f"agent_storage:\n  local_data_dir: {tmp_path / 'agents'}\n  htpc_url: {relay.url}\n"

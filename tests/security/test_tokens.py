@@ -169,9 +169,11 @@ def test_token_file_problems_are_config_errors(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
+    empty.chmod(0o600)
     for path in (tmp_path / "missing.token", empty):
         with pytest.raises(ConfigError, match="token_file"):
             read_token(StorageConfig(token_file=path))
     (tmp_path / "ok.token").write_text("  cos1.a.b \n")
+    (tmp_path / "ok.token").chmod(0o600)
     assert read_token(StorageConfig(token_file=tmp_path / "ok.token")) == "cos1.a.b"
     assert "cos1" not in repr(StorageConfig(htpc_token="cos1.a.b"))

@@ -27,6 +27,7 @@ Rules every backend follows:
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from commander_os.relay.central._group_commit import GroupWriter, SegmentResult
 from commander_os.relay.central._identity import WriteSegment
 
 __all__ = [
+    "HEALTH_PROBE_SECONDS",
     "CentralStore",
     "CentralStoreError",
     "CentralStoreUnavailable",
@@ -68,13 +70,20 @@ __all__ = [
 ROW_COLUMNS = "rev, agent_id, tbl, key, version, ts, deleted, data"
 
 
+#: Seconds ``health()`` waits for the store's probe before calling the store unavailable.
+HEALTH_PROBE_SECONDS = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class StoreHealth:
-    """What ``CentralStore.health()`` reports."""
+    """What ``CentralStore.health()`` reports: reachable (``ok``), and able to commit."""
 
     ok: bool
     backend: str
     detail: dict[str, Any]
+    #: False when the last commit failed for the store's own reason (disk full, database
+    #: away, a read-only standby) or the store says it cannot write; reads may still work.
+    writable: bool = True
 
 
 class CentralStore(ABC):
@@ -98,6 +107,7 @@ class CentralStore(ABC):
     #: Encoded values larger than this are refused by :meth:`apply` (None: no limit).
     max_value_bytes: int | None = None
     _writer: GroupWriter | None = None
+    _probe_task: asyncio.Future[tuple[int, str | None]] | None = None
 
     @abstractmethod
     async def open(self) -> None:
@@ -168,12 +178,24 @@ class CentralStore(ABC):
         rows = await self._select(request, request.limit + 1)
         more = len(rows) > request.limit
         rows = rows[: request.limit]
-        decode = self._decode_data
-        records = [
-            StoredRecord.from_row(row, None if row[7] is None else decode(row[7])) for row in rows
-        ]
+        records = [self._render(row) for row in rows]
         next_cursor = encode_cursor(rows[-1][0]) if more else None
         return QueryResponse.model_construct(records=records, next_cursor=next_cursor)
+
+    def _render(self, row: Sequence[Any]) -> StoredRecord:
+        """One row as a record; a row whose data cannot be decoded to a JSON object (written
+        by hand, or by an older relay) is rendered with ``data`` null and ``damaged`` set, so
+        it never breaks the page, the change feed or an export."""
+        raw = row[7]
+        if raw is None:
+            return StoredRecord.from_row(row, None)
+        try:
+            data = self._decode_data(raw)
+        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            return StoredRecord.from_row(row, None, f"stored data cannot be decoded: {exc}")
+        if type(data) is not dict:
+            return StoredRecord.from_row(row, None, "stored data is not a JSON object")
+        return StoredRecord.from_row(row, data)
 
     async def agents(self) -> list[AgentSummary]:
         """Every agent the store has seen, ordered by agent id."""
@@ -193,17 +215,38 @@ class CentralStore(ABC):
         ]
 
     async def health(self) -> StoreHealth:
-        """Whether the store answers, with backend-specific details (never raises)."""
+        """Whether the store answers and can commit, with backend details (never raises).
+
+        Answers within :data:`HEALTH_PROBE_SECONDS` whatever the query load: the probe has a
+        connection of its own (never a query reader's), and concurrent calls share one probe.
+        """
         detail = self._describe()
         writer = self._writer
         if writer is None or not writer.running:
             return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": "closed"})
         try:
-            max_rev = await self._max_rev()
+            max_rev, write_problem = await self._shared_probe()
         except CentralStoreUnavailable as exc:
             return StoreHealth(ok=False, backend=self.backend, detail={**detail, "error": str(exc)})
         detail.update(max_rev=max_rev, commits=writer.commits, pending_jobs=writer.pending)
-        return StoreHealth(ok=True, backend=self.backend, detail=detail)
+        problem = writer.write_error or write_problem
+        if problem is not None:
+            detail["write_error"] = problem
+        return StoreHealth(ok=True, backend=self.backend, detail=detail, writable=problem is None)
+
+    async def _shared_probe(self) -> tuple[int, str | None]:
+        task = self._probe_task
+        if task is None or task.done():
+            task = self._probe_task = asyncio.ensure_future(self._probe())
+            # A probe that finishes after every caller gave up must not log "exception never
+            # retrieved".
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), HEALTH_PROBE_SECONDS)
+        except TimeoutError:
+            raise CentralStoreUnavailable(
+                f"the central store did not answer within {HEALTH_PROBE_SECONDS:g} s"
+            ) from None
 
     # -- what a backend supplies --------------------------------------------------------------
 
@@ -221,8 +264,9 @@ class CentralStore(ABC):
         ``(agent_id, table, live records)`` rows."""
 
     @abstractmethod
-    async def _max_rev(self) -> int:
-        """The newest revision (a cheap liveness probe); raises CentralStoreUnavailable."""
+    async def _probe(self) -> tuple[int, str | None]:
+        """The newest revision, and why the store cannot write if it knows (a cheap probe on
+        a connection of its own, never a query reader's); raises CentralStoreUnavailable."""
 
     @abstractmethod
     def _describe(self) -> dict[str, Any]:

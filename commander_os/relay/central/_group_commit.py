@@ -221,6 +221,9 @@ class GroupWriter:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
+        #: Why the last commit failed for a reason of the store's own (the database away, its
+        #: disk full); None once a commit succeeds again. Refused input does not count.
+        self.write_error: str | None = None
 
     @property
     def running(self) -> bool:
@@ -280,15 +283,20 @@ class GroupWriter:
         try:
             result = await self._commit([job.segments for job in group])
         except CentralStoreUnavailable as exc:
+            self.write_error = str(exc)
             _fail(group, exc)
         except Exception as exc:
             if len(group) > 1:
                 for job in group:
                     await self._commit_safely([job])
                 return
-            _fail(group, self._failure_of(exc))
+            error = self._failure_of(exc)
+            if isinstance(error, CentralStoreUnavailable):
+                self.write_error = str(error)
+            _fail(group, error)
         else:
             self.commits += 1
+            self.write_error = None
             for job, answer in zip(group, _results(group, result), strict=True):
                 if not job.future.done():
                     job.future.set_result(answer)

@@ -41,7 +41,12 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from commander_os.protocol import EncodedRecord, QueryRequest
-from commander_os.relay.central._base import CentralStore, CentralStoreUnavailable, QueryTimeout
+from commander_os.relay.central._base import (
+    HEALTH_PROBE_SECONDS,
+    CentralStore,
+    CentralStoreUnavailable,
+    QueryTimeout,
+)
 from commander_os.relay.central._group_commit import (
     CommitResult,
     GroupPlan,
@@ -106,7 +111,11 @@ SELECT agent_id, highest_version, last_seen FROM agents ORDER BY agent_id
 SELECT_TABLE_COUNTS = """
 SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY agent_id, tbl
 """
-SELECT_MAX_REV = "SELECT last_rev FROM rev_counter"
+#: The health probe: the newest revision, and whether this database can take writes at all.
+PROBE = """
+SELECT last_rev, pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'
+FROM rev_counter
+"""
 CONFIGURE_SESSION = """
 SELECT set_config('statement_timeout', %s, false),
        set_config('synchronous_commit', %s, false),
@@ -137,6 +146,11 @@ def describe_url(url: str) -> str:
     user = f"{parts['user']}@" if parts.get("user") else ""
     host = parts.get("host") or "localhost"
     return f"{user}{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+
+
+def _undecoded(text: str | bytes) -> str | bytes:
+    """psycopg's JSON loader that leaves the text as it came (see ``_configure``)."""
+    return text
 
 
 def _one_line(exc: BaseException) -> str:
@@ -193,6 +207,7 @@ class PostgresCentralStore(CentralStore):
         self.connect_timeout = connect_timeout
         self._readers: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._writers: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._probe_conn: AsyncConnection[Any] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -209,7 +224,8 @@ class PostgresCentralStore(CentralStore):
                 f"cannot connect to PostgreSQL at {where}: {_one_line(exc)}"
             ) from None
         try:
-            await self._configure(conn, self.query_timeout)
+            # Migrations are not queries: a short query budget must not cancel them.
+            await self._configure(conn, WRITE_STATEMENT_TIMEOUT)
             await migrate(conn, self.schema)
         except psycopg.Error as exc:
             raise CentralStoreUnavailable(
@@ -251,7 +267,10 @@ class PostgresCentralStore(CentralStore):
         return pool
 
     async def _configure(self, conn: AsyncConnection[Any], statement_timeout: float) -> None:
-        set_json_loads(orjson.loads, conn)
+        # JSONB arrives as text and is decoded row by row in _decode_data: a value orjson
+        # cannot read (a number past the double range, stored by hand) must damage one
+        # record of a page, not fail the whole fetch.
+        set_json_loads(_undecoded, conn)
         sync = "on" if self.durability == "full" else "off"
         timeout = f"{max(1, round(statement_timeout * 1000))}ms"
         await conn.execute(CONFIGURE_SESSION, (timeout, sync, self.schema, self.schema))
@@ -262,6 +281,10 @@ class PostgresCentralStore(CentralStore):
             return
         await writer.stop()
         self._writer = self._readers = self._writers = None
+        probe, self._probe_task = self._probe_task, None
+        if probe is not None:
+            probe.cancel()
+        await self._close_probe()
         for pool in (readers, writers):
             if pool is not None:
                 await pool.close()
@@ -323,7 +346,9 @@ class PostgresCentralStore(CentralStore):
         if pool is None:
             raise CentralStoreUnavailable("central store is closed")
         try:
-            async with pool.connection() as conn:
+            # Waiting for a connection is bounded by the query budget too: under load a query
+            # answers within about twice the budget (the wait, then statement_timeout).
+            async with pool.connection(timeout=self.query_timeout) as conn:
                 cursor = await conn.execute(sql, params)
                 return await cursor.fetchall()
         except psycopg.errors.QueryCanceled as exc:
@@ -331,7 +356,14 @@ class PostgresCentralStore(CentralStore):
                 f"query ran past the {self.query_timeout:g} s budget: "
                 "narrow it with agent_id, table or key"
             ) from exc
-        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+        except PoolTimeout as exc:
+            # Busy, or the database away? The health probe (its own connection) tells.
+            await self._shared_probe()
+            raise QueryTimeout(
+                f"query waited past the {self.query_timeout:g} s budget for a free "
+                "database connection: the relay is busy, retry later"
+            ) from exc
+        except (psycopg.Error, PoolClosed) as exc:
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
@@ -340,7 +372,7 @@ class PostgresCentralStore(CentralStore):
         return rows
 
     def _decode_data(self, raw: Any) -> dict[str, Any]:
-        data: dict[str, Any] = raw  # psycopg decoded the JSONB already (with orjson)
+        data: dict[str, Any] = orjson.loads(raw)
         return data
 
     async def _agent_rows(self) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
@@ -351,9 +383,29 @@ class PostgresCentralStore(CentralStore):
         agents: Sequence[Sequence[Any]] = await self._fetch(SELECT_AGENTS)
         return agents, counts
 
-    async def _max_rev(self) -> int:
-        ((max_rev,),) = await self._fetch(SELECT_MAX_REV)
-        return int(max_rev)
+    async def _probe(self) -> tuple[int, str | None]:
+        # A connection of its own: the readers' pool may be taken by slow queries, and a load
+        # balancer asking /health must not wait behind them. Calls never overlap (_base).
+        try:
+            conn = self._probe_conn
+            if conn is None or conn.closed:
+                conn = self._probe_conn = await AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+                )
+                await self._configure(conn, HEALTH_PROBE_SECONDS)
+            cursor = await conn.execute(PROBE)
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            await self._close_probe()
+            raise CentralStoreUnavailable(f"central store unavailable: {_one_line(exc)}") from exc
+        assert row is not None
+        last_rev, read_only = row
+        return int(last_rev), "the database is read-only (a standby?)" if read_only else None
+
+    async def _close_probe(self) -> None:
+        conn, self._probe_conn = self._probe_conn, None
+        if conn is not None:
+            await conn.close()
 
     def _describe(self) -> dict[str, Any]:
         return {"database": describe_url(self.url), "schema": self.schema}

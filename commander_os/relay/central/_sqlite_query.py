@@ -41,8 +41,15 @@ def _identity_filters(request: QueryRequest, where: list[str], params: list[Any]
             params.append(upper)
 
 
-def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
-    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev."""
+def build_query(
+    request: QueryRequest, *, limit: int, valid_json_only: bool = False
+) -> tuple[str, list[Any]]:
+    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev.
+
+    ``valid_json_only`` skips rows whose data is not valid JSON before the field filters run
+    (SQLite's JSON functions fail the whole statement on one such row). It costs a validation
+    per row examined, so the store adds it only when a query met such a row.
+    """
     where: list[str] = []
     params: list[Any] = []
     _identity_filters(request, where, params)
@@ -54,6 +61,8 @@ def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
     if request.cursor is not None:
         where.append("rev > ?")
         params.append(decode_cursor(request.cursor))
+    if valid_json_only and request.where:
+        where.append("json_valid(data)")
     for clause in request.where:
         sql, extra = filter_sql(json_path(parse_field_path(clause.field)), clause.op, clause.value)
         where.append(sql)

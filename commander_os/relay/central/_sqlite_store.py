@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import os
 import sqlite3
 import threading
 import time
@@ -33,9 +34,11 @@ from typing import Any, Literal
 import orjson
 
 from commander_os import _sqlite as db
+from commander_os._files import make_private_dir
 from commander_os.errors import EncryptionError, StorageError
 from commander_os.protocol import EncodedRecord, QueryRequest
 from commander_os.relay.central._base import (
+    HEALTH_PROBE_SECONDS,
     CentralStore,
     CentralStoreUnavailable,
     QueryTimeout,
@@ -74,9 +77,14 @@ WRITER_TUNING = db.Tuning(
     page_size=PAGE_SIZE, cache_kib=65536, mmap_bytes=256 << 20, temp_in_memory=True
 )
 READER_TUNING = db.Tuning(cache_kib=65536, mmap_bytes=READER_MMAP_BYTES, temp_in_memory=True)
+#: Below this many free bytes on its disk, the store reports that it cannot write (health
+#: "degraded") before a commit fails on it.
+MIN_FREE_BYTES = 1 << 20
 #: SQLite VM steps between two checks of the query time budget.
 _PROGRESS_STEPS = 20_000
 _READ_ERRORS: tuple[type[Exception], ...] = (*db.Error, StorageError)
+#: SQLite's error when a JSON function meets text that is not JSON.
+_MALFORMED_JSON = "malformed JSON"
 #: Opening failures reported as CentralStoreUnavailable (both drivers' errors, a bad key).
 _OPEN_ERRORS: tuple[type[Exception], ...] = (
     OSError,
@@ -300,7 +308,8 @@ class SQLiteCentralStore(CentralStore):
     ``durability="full"`` (default) fsyncs every group commit; ``"normal"`` may lose the last
     commits on power loss. ``max_value_bytes`` rejects larger encoded values before writing;
     ``query_timeout`` (seconds) bounds every query. ``encryption_key`` encrypts the file at
-    rest (SQLCipher); it is never shown in health or errors.
+    rest (SQLCipher); it is never shown in health or errors. The folder is created 0700 and
+    the database 0600; a symbolic link at its path is refused unless ``follow_symlinks``.
     """
 
     backend = "sqlite"
@@ -314,8 +323,10 @@ class SQLiteCentralStore(CentralStore):
         query_timeout: float = 5.0,
         reader_threads: int = READER_THREADS,
         encryption_key: str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.follow_symlinks = follow_symlinks
         self._encryption_key = encryption_key
         self.durability = durability
         self.max_value_bytes = max_value_bytes
@@ -324,6 +335,7 @@ class SQLiteCentralStore(CentralStore):
         self._write_thread: ThreadPoolExecutor | None = None
         self._state: _Writer | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._probe_thread: ThreadPoolExecutor | None = None
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -341,12 +353,13 @@ class SQLiteCentralStore(CentralStore):
         self._state = await asyncio.to_thread(self._open_writer)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="central-sqlite-writer")
         self._readers = ThreadPoolExecutor(self._reader_threads, thread_name_prefix="central-read")
+        self._probe_thread = ThreadPoolExecutor(1, thread_name_prefix="central-health")
         self._writer = GroupWriter(self._commit, _commit_failure, max_records=MAX_GROUP_RECORDS)
         self._writer.start()
 
     def _open_writer(self) -> _Writer:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             conn = self._connect(writer=True)
             _migrate(conn)
         except _OPEN_ERRORS as exc:
@@ -360,19 +373,22 @@ class SQLiteCentralStore(CentralStore):
             query_only=not writer,
             encryption_key=self._encryption_key,
             tuning=WRITER_TUNING if writer else READER_TUNING,
+            follow_symlinks=self.follow_symlinks,
         )
 
     async def close(self) -> None:
         writer, state = self._writer, self._state
-        write_thread, readers = self._write_thread, self._readers
+        write_thread, readers, probe = self._write_thread, self._readers, self._probe_thread
         if writer is None or state is None or write_thread is None or readers is None:
             return
         await writer.stop()
         self._writer = None
-        self._state = self._write_thread = self._readers = None
+        self._state = self._write_thread = self._readers = self._probe_thread = None
         write_thread.submit(state.conn.close).result()
         write_thread.shutdown(wait=True)
         readers.shutdown(wait=True)
+        if probe is not None:
+            probe.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -389,6 +405,7 @@ class SQLiteCentralStore(CentralStore):
     # -- reads --------------------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (each reader thread, and the probe's, has its own)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect(writer=False)
@@ -396,7 +413,6 @@ class SQLiteCentralStore(CentralStore):
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
-        self._local.deadline = time.monotonic() + self.query_timeout
         return conn
 
     def _over_budget(self) -> int:
@@ -404,12 +420,27 @@ class SQLiteCentralStore(CentralStore):
         return int(time.monotonic() > self._local.deadline)
 
     async def _read(self, func: Any, *args: Any) -> Any:
-        readers = self._readers
-        if readers is None:
+        """Run ``func(*args)`` on a reader thread within the query budget, which starts now:
+        time spent waiting for a free reader counts, so a busy relay answers within it."""
+        deadline = time.monotonic() + self.query_timeout
+        return await self._run(self._readers, self._within_budget, deadline, func, *args)
+
+    def _within_budget(self, deadline: float, func: Any, *args: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise QueryTimeout(
+                f"query waited past the {self.query_timeout:g} s budget for a free reader: "
+                "the relay is busy, retry later"
+            )
+        self._local.deadline = deadline
+        return func(*args)
+
+    async def _run(self, threads: ThreadPoolExecutor | None, func: Any, *args: Any) -> Any:
+        """``func(*args)`` on one of ``threads``, its errors translated to the store's."""
+        if threads is None:
             raise CentralStoreUnavailable("central store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(readers, func, *args)
+            return await loop.run_in_executor(threads, func, *args)
         except db.OperationalError as exc:
             if "interrupted" in str(exc):
                 raise QueryTimeout(
@@ -423,9 +454,18 @@ class SQLiteCentralStore(CentralStore):
             raise CentralStoreUnavailable("central store is closed") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        sql, params = build_query(request, limit=limit)
-        rows: Sequence[Sequence[Any]] = await self._read(self._fetch, sql, params)
+        rows: Sequence[Sequence[Any]] = await self._read(self._fetch_page, request, limit)
         return rows
+
+    def _fetch_page(self, request: QueryRequest, limit: int) -> list[tuple[Any, ...]]:
+        try:
+            return self._fetch(*build_query(request, limit=limit))
+        except db.OperationalError as exc:
+            if not request.where or _MALFORMED_JSON not in str(exc):
+                raise
+        # A row whose data is not JSON (stored by hand or by a bug) made a field filter fail:
+        # such a row has no fields, so it matches no filter; the page goes on without it.
+        return self._fetch(*build_query(request, limit=limit, valid_json_only=True))
 
     def _decode_data(self, raw: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(raw)
@@ -451,11 +491,29 @@ class SQLiteCentralStore(CentralStore):
         finally:
             conn.execute("COMMIT")
 
-    async def _max_rev(self) -> int:
-        return int(await self._read(self._fetch_max_rev))
+    async def _probe(self) -> tuple[int, str | None]:
+        try:
+            result: tuple[int, str | None] = await self._run(self._probe_thread, self._probe_now)
+        except QueryTimeout as exc:
+            raise CentralStoreUnavailable(f"central store probe failed: {exc}") from exc
+        return result
 
-    def _fetch_max_rev(self) -> int:
-        return int(self._reader().execute(SELECT_MAX_REV).fetchone()[0])
+    def _probe_now(self) -> tuple[int, str | None]:
+        # On the probe's own thread and connection: never queued behind the query readers.
+        self._local.deadline = time.monotonic() + HEALTH_PROBE_SECONDS
+        max_rev = int(self._reader().execute(SELECT_MAX_REV).fetchone()[0])
+        return max_rev, self._disk_problem()
+
+    def _disk_problem(self) -> str | None:
+        """Why the next commit would fail for want of disk space, if it would."""
+        try:
+            usage = os.statvfs(self.path.parent)
+        except (OSError, AttributeError):  # AttributeError: no statvfs on this platform
+            return None
+        free = usage.f_bavail * usage.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the disk holding the central store has {free} bytes free"
+        return None
 
     def _describe(self) -> dict[str, Any]:
         return {

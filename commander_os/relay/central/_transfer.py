@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
 
@@ -44,6 +44,7 @@ __all__ = [
     "ImportResult",
     "export_records",
     "import_records",
+    "is_exportable",
     "parse_line",
     "record_line",
 ]
@@ -66,23 +67,54 @@ def record_line(record: StoredRecord) -> bytes:
     which belongs to the store it came from."""
     body = stored_record_json(record)
     del body["rev"]
+    body.pop("damaged", None)  # reported by export_records; an import takes the record as it is
     body["ts"] = format_ts(record.ts)
     return orjson.dumps(body) + b"\n"
 
 
-async def export_records(store: CentralStore, out: IO[bytes]) -> int:
-    """Write every record of ``store`` (tombstones too) to ``out`` in rev order; return count."""
+def is_exportable(record: StoredRecord) -> bool:
+    """False for a damaged record whose data could not be read: its line could not be
+    imported (a ``ts`` that had to be clamped still can)."""
+    return record.deleted or record.data is not None
+
+
+async def export_records(
+    store: CentralStore,
+    out: IO[bytes],
+    *,
+    on_damaged: Callable[[StoredRecord], object] | None = None,
+) -> int:
+    """Write every record of ``store`` (tombstones too) to ``out`` in rev order; return count.
+
+    A damaged record (see :class:`~commander_os.protocol.StoredRecord`) never stops the
+    export: it is passed to ``on_damaged``, then written if :func:`is_exportable` (with its
+    clamped ``ts``), else left out of the file and the count.
+    """
     count = 0
     cursor: str | None = None
     while True:
         page = await store.query(
             QueryRequest(include_deleted=True, limit=EXPORT_PAGE, cursor=cursor)
         )
-        out.writelines(record_line(record) for record in page.records)
-        count += len(page.records)
+        records = _exportable(page.records, on_damaged)
+        out.writelines(record_line(record) for record in records)
+        count += len(records)
         if page.next_cursor is None:
             return count
         cursor = page.next_cursor
+
+
+def _exportable(
+    records: list[StoredRecord], on_damaged: Callable[[StoredRecord], object] | None
+) -> list[StoredRecord]:
+    """``records`` without those :func:`is_exportable` refuses; every damaged one reported."""
+    damaged = [record for record in records if record.damaged]
+    if not damaged:
+        return records
+    report = on_damaged or (lambda _: None)
+    for record in damaged:
+        report(record)
+    return [record for record in records if is_exportable(record)]
 
 
 def parse_line(line: bytes | str, number: int) -> ChangeRecord:

@@ -21,7 +21,7 @@ class ShipLock:
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path.with_name(db_path.name + ".sync-lock")
-        self._lock = filelock.FileLock(self.path, blocking=False, is_singleton=False)
+        self._lock = filelock.FileLock(self.path, mode=0o600, blocking=False, is_singleton=False)
 
     @property
     def held(self) -> bool:
