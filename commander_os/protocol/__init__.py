@@ -3,11 +3,18 @@
 Agent side and relay side both import this package and nothing of each other. It holds the
 change record (:class:`ChangeRecord`, its encodings), writes and their acknowledgements
 (:class:`BatchRequest`, :class:`Ack`), queries (:class:`QueryRequest`, :class:`FieldFilter`,
-cursors) and the SQLite translation of JSON field filters (:mod:`.sqlite_filters`).
+cursors), agent heartbeats (:class:`Heartbeat`) and the SQLite translation of JSON field
+filters (:mod:`.sqlite_filters`).
 """
 
 from __future__ import annotations
 
+from commander_os.protocol._heartbeat import (
+    MAX_HEARTBEAT_TARGETS,
+    Heartbeat,
+    HeartbeatAck,
+    TargetHeartbeat,
+)
 from commander_os.protocol._query import (
     DEFAULT_QUERY_LIMIT,
     FIELD_PATH_PATTERN,
@@ -50,6 +57,7 @@ __all__ = [
     "DEFAULT_QUERY_LIMIT",
     "FIELD_PATH_PATTERN",
     "MAX_BATCH_RECORDS",
+    "MAX_HEARTBEAT_TARGETS",
     "MAX_QUERY_LIMIT",
     "MAX_VERSION",
     "MAX_WHERE_CLAUSES",
@@ -65,10 +73,13 @@ __all__ = [
     "ErrorBody",
     "FieldFilter",
     "FilterOp",
+    "Heartbeat",
+    "HeartbeatAck",
     "QueryRequest",
     "QueryResponse",
     "StoredRecord",
     "TableName",
+    "TargetHeartbeat",
     "change_record_json",
     "decode_cursor",
     "encode_cursor",

@@ -142,7 +142,12 @@ class Guard:
 
     def admit(self, token: str | None, client: str | None) -> Caller:
         """The caller behind ``token``; 401 without a valid one (auth on), 429 past the rate."""
-        caller = Caller(self._claims(token) if self.secret is not None else None)
+        return self.admit_claims(self._claims(token) if self.secret is not None else None, client)
+
+    def admit_claims(self, claims: TokenClaims | None, client: str | None) -> Caller:
+        """The caller holding ``claims`` (already verified, e.g. a dashboard session's); 429
+        past the rate."""
+        caller = Caller(claims)
         if self.limiter is not None:
             key = f"token:{caller.claims.token_id}" if caller.claims else f"addr:{client}"
             wait = self.limiter.wait_time(key)

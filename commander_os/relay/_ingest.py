@@ -60,7 +60,8 @@ def _slow(body: bytes, shape: WriteShape, limits: LimitsConfig) -> list[EncodedR
 
 
 async def apply_writes(state: RelayState, records: list[EncodedRecord]) -> list[Ack]:
-    """Apply ``records`` durably; count them and wake the change feed's waiters."""
+    """Apply ``records`` durably; count them (analytics too) and wake the change feed's
+    waiters."""
     if not state.config.enable_storage_sync:
         raise CentralStoreUnavailable("storage sync is disabled on this relay")
     started = time.perf_counter()
@@ -73,6 +74,8 @@ async def apply_writes(state: RelayState, records: list[EncodedRecord]) -> list[
     state.metrics.apply_latency.observe(time.perf_counter() - started)
     for ack in acks:
         state.metrics.count_records(ack.applied, ack.ignored)
+    if state.analytics is not None:
+        state.analytics.data.on_write(records, acks)
     state.changes.notify()
     return acks
 

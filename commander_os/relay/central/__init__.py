@@ -17,6 +17,7 @@ from commander_os.relay.central._base import (
     CentralStoreError,
     CentralStoreUnavailable,
     InvalidCursor,
+    QueryPlan,
     QueryTimeout,
     StoreHealth,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ImportResult",
     "InvalidCursor",
     "PostgresCentralStore",
+    "QueryPlan",
     "QueryTimeout",
     "SQLiteCentralStore",
     "StoreHealth",

@@ -38,10 +38,11 @@ from commander_os.protocol import EncodedRecord, QueryRequest
 from commander_os.relay.central._base import (
     CentralStore,
     CentralStoreUnavailable,
+    QueryPlan,
     QueryTimeout,
 )
 from commander_os.relay.central._group_commit import CommitResult, GroupWriter, MergedGroup
-from commander_os.relay.central._sqlite_query import build_query
+from commander_os.relay.central._sqlite_query import EXAMINED_FUNCTION, build_query
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
 
@@ -240,6 +241,19 @@ class _Writer:
         return _Plan(inserts=inserts, live_delta=dict(live), applied=list(range(len(rows))))
 
 
+class _RowCounter:
+    """Counts the rows a statement examines (called by SQLite for each; see build_query)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, _rev: int) -> int:
+        self.rows += 1
+        return 1
+
+
 class SQLiteCentralStore(CentralStore):
     """The default central store: ``<directory>/central.db`` (see the module docstring).
 
@@ -340,6 +354,8 @@ class SQLiteCentralStore(CentralStore):
         if conn is None:
             conn = self._connect(writer=False)
             conn.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
+            counter = self._local.counter = _RowCounter()
+            conn.create_function(EXAMINED_FUNCTION, 1, counter)
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
@@ -374,12 +390,42 @@ class SQLiteCentralStore(CentralStore):
         rows: Sequence[Sequence[Any]] = await self._read(self._fetch, sql, params)
         return rows
 
+    async def _select_counted(
+        self, request: QueryRequest, limit: int
+    ) -> tuple[Sequence[Sequence[Any]], int | None]:
+        sql, params = build_query(request, limit=limit, count_rows=True)
+        counted: tuple[Sequence[Sequence[Any]], int] = await self._read(
+            self._fetch_counted, sql, params
+        )
+        return counted
+
+    async def explain(self, request: QueryRequest) -> QueryPlan:
+        sql, params = build_query(request, limit=request.limit + 1)
+        steps: list[str] = await self._read(self._fetch_plan, sql, params)
+        return QueryPlan(self.backend, steps)
+
     def _decode_data(self, raw: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(raw)
         return data
 
     def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._reader().execute(sql, params).fetchall()
+
+    def _fetch_counted(self, sql: str, params: list[Any]) -> tuple[list[tuple[Any, ...]], int]:
+        conn = self._reader()
+        counter: _RowCounter = self._local.counter
+        counter.rows = 0
+        rows = conn.execute(sql, params).fetchall()
+        return rows, counter.rows
+
+    def _fetch_plan(self, sql: str, params: list[Any]) -> list[str]:
+        """``EXPLAIN QUERY PLAN`` details, indented by depth (it does not run the query)."""
+        depth: dict[int, int] = {0: -1}
+        steps = []
+        for node, parent, _, detail in self._reader().execute("EXPLAIN QUERY PLAN " + sql, params):
+            depth[node] = depth.get(parent, -1) + 1
+            steps.append("  " * depth[node] + str(detail))
+        return steps
 
     async def _agent_rows(self) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
         rows: tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]] = await self._read(

@@ -1,0 +1,300 @@
+"""Data analytics: what each agent sends, how far behind it is, and what its heartbeats say.
+
+Kept in memory by one relay, updated where records are applied (``_ingest.apply_writes``) and
+where heartbeats arrive. The ingest hook does a few C-level passes over the records of a write
+(counts per table, bytes, the oldest ``ts``) and touches one bucket per series: nothing per
+record in Python when a write holds one table.
+
+An agent's **health** compares what is known of it with ``relay.alerts``: ``behind`` when its
+queue or lag is past the limits (or it has changes queued and never delivered one), ``silent``
+when nothing was heard from it for ``max_silence_seconds``, ``warning`` with dead letters or
+a last error, else ``ok``.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from commander_os.config import AlertsConfig
+from commander_os.protocol import Ack, AgentSummary, EncodedRecord, Heartbeat, split_version
+from commander_os.relay._analytics._series import SeriesSet
+
+__all__ = ["AgentActivity", "DataAnalytics", "Health", "describe_age"]
+
+#: Agents followed one by one (least recently heard are forgotten first): bounds memory.
+MAX_TRACKED_AGENTS = 5000
+#: Agents whose lag and queue the dashboard charts (the furthest behind first).
+CHARTED_AGENTS = 8
+
+_TABLE = operator.itemgetter(1)
+_TS = operator.itemgetter(4)
+_DATA = operator.itemgetter(6)
+
+
+class Health:
+    """Health levels, worst last: what the dashboard colours and ``/metrics`` counts."""
+
+    OK = "ok"
+    WARNING = "warning"
+    SILENT = "silent"
+    BEHIND = "behind"
+    ALL = (OK, WARNING, SILENT, BEHIND)
+
+
+@dataclass
+class AgentActivity:
+    """One agent as this relay has seen it since it started."""
+
+    agent_id: str
+    records: int = 0
+    bytes: int = 0
+    applied: int = 0
+    ignored: int = 0
+    tables: dict[str, list[int]] = field(default_factory=dict)  # table -> [records, bytes]
+    last_write_at: float | None = None
+    lag_seconds: float | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_at: float | None = None
+    series: SeriesSet = field(default_factory=lambda: SeriesSet(("writes", "lag", "queue")))
+
+
+class DataAnalytics:
+    """Per-agent activity, heartbeats and the relay-wide ingest series."""
+
+    def __init__(self, alerts: AlertsConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.alerts = alerts
+        self.agents: OrderedDict[str, AgentActivity] = OrderedDict()
+        self.totals = SeriesSet(("records", "bytes", "queries", "query_seconds", "query_max"))
+        self._clock = clock
+
+    def _agent(self, agent_id: str) -> AgentActivity:
+        activity = self.agents.get(agent_id)
+        if activity is None:
+            activity = self.agents[agent_id] = AgentActivity(agent_id)
+            if len(self.agents) > MAX_TRACKED_AGENTS:
+                self.agents.popitem(last=False)
+        else:
+            self.agents.move_to_end(agent_id)
+        return activity
+
+    # -- updates ------------------------------------------------------------------------------
+
+    def on_write(self, records: Sequence[EncodedRecord], acks: Sequence[Ack]) -> None:
+        """Count an applied write (the records of one request, all of one agent)."""
+        if not records:
+            return
+        now = self._clock()
+        agent_ids = {ack.agent_id for ack in acks}
+        if len(agent_ids) > 1:  # never from a write endpoint; kept correct all the same
+            for agent_id in agent_ids:
+                mine = [r for r in records if r.agent_id == agent_id]
+                self.on_write(mine, [a for a in acks if a.agent_id == agent_id])
+            return
+        activity = self._agent(records[0].agent_id)
+        nbytes = self._count_tables(activity, records)
+        lag = max(0.0, now - min(map(_TS, records)) / 1e6)
+        activity.records += len(records)
+        activity.bytes += nbytes
+        activity.applied += sum(ack.applied for ack in acks)
+        activity.ignored += sum(ack.ignored for ack in acks)
+        activity.last_write_at = now
+        activity.lag_seconds = lag
+        activity.series.add("writes", now, len(records))
+        activity.series.peak("lag", now, lag)
+        self.totals.add("records", now, len(records))
+        self.totals.add("bytes", now, nbytes)
+
+    @staticmethod
+    def _count_tables(activity: AgentActivity, records: Sequence[EncodedRecord]) -> int:
+        """Add the write's records and bytes to each table's totals; the write's bytes."""
+        nbytes = sum(map(len, filter(None, map(_DATA, records))))
+        tables = Counter(map(_TABLE, records))
+        if len(tables) == 1:
+            ((table, count),) = tables.items()
+            totals = {table: (count, nbytes)}
+        else:
+            per_table: dict[str, list[int]] = {t: [n, 0] for t, n in tables.items()}
+            for record in records:
+                if record.data is not None:
+                    per_table[record.table][1] += len(record.data)
+            totals = {t: (n, b) for t, (n, b) in per_table.items()}
+        for table, (count, nbytes) in totals.items():
+            kept = activity.tables.setdefault(table, [0, 0])
+            kept[0] += count
+            kept[1] += nbytes
+        return sum(b for _, b in totals.values())
+
+    def on_heartbeat(self, heartbeat: Heartbeat) -> float:
+        """Keep ``heartbeat`` as its agent's latest; the relay time it was received at."""
+        now = self._clock()
+        activity = self._agent(heartbeat.agent_id)
+        activity.heartbeat = heartbeat
+        activity.heartbeat_at = now
+        activity.series.last("queue", now, heartbeat.queue_size)
+        return now
+
+    def on_query(self, seconds: float) -> None:
+        """Count one answered query in the relay-wide series."""
+        now = self._clock()
+        self.totals.add("queries", now, 1)
+        self.totals.add("query_seconds", now, seconds)
+        self.totals.peak("query_max", now, seconds)
+
+    # -- views --------------------------------------------------------------------------------
+
+    def agents_view(self, summaries: Sequence[AgentSummary]) -> list[dict[str, Any]]:
+        """Every agent the store or this relay knows (heartbeat-only ones too), worst first."""
+        now = self._clock()
+        stored = {summary.agent_id: summary for summary in summaries}
+        names = sorted(stored.keys() | self.agents.keys())
+        rows = [
+            self._agent_row(name, stored.get(name), self.agents.get(name), now) for name in names
+        ]
+        order = {level: rank for rank, level in enumerate(reversed(Health.ALL))}
+        rows.sort(key=lambda row: (order[row["health"]], row["agent_id"]))
+        return rows
+
+    def _agent_row(
+        self,
+        agent_id: str,
+        summary: AgentSummary | None,
+        activity: AgentActivity | None,
+        now: float,
+    ) -> dict[str, Any]:
+        heartbeat = activity.heartbeat if activity else None
+        last_heard = _latest(
+            summary.last_seen.timestamp() if summary and summary.last_seen else None,
+            activity.last_write_at if activity else None,
+            activity.heartbeat_at if activity else None,
+        )
+        highest = summary.highest_version if summary else 0
+        incarnation, seq = split_version(highest)
+        row: dict[str, Any] = {
+            "agent_id": agent_id,
+            "records": summary.record_count if summary else 0,
+            "tables": _tables(summary, activity),
+            "highest_version": highest,
+            "incarnation": incarnation,
+            "seq": seq,
+            "last_seen": summary.last_seen.timestamp() if summary and summary.last_seen else None,
+            "last_heard": last_heard,
+            "silent_seconds": None if last_heard is None else max(0.0, now - last_heard),
+            "lag_seconds": activity.lag_seconds if activity else None,
+            "received_records": activity.records if activity else 0,
+            "received_bytes": activity.bytes if activity else 0,
+            "heartbeat": _heartbeat_json(heartbeat, activity.heartbeat_at if activity else None),
+            "delivered": summary is not None,
+        }
+        row["health"], row["reasons"] = self.health(row)
+        return row
+
+    def health(self, row: dict[str, Any]) -> tuple[str, list[str]]:
+        """The health level of an agent row and the reasons for it, worst first."""
+        alerts = self.alerts
+        beat = row["heartbeat"] or {}
+        queue = beat.get("queue_size") or 0
+        behind: list[str] = []
+        warnings: list[str] = []
+        if queue > alerts.max_queue:
+            behind.append(f"{queue:,} changes queued (limit {alerts.max_queue:,})")
+        if not row["delivered"] and queue:
+            behind.append("has changes queued but never delivered a record")
+        lag = row["lag_seconds"]
+        if lag is not None and lag > alerts.max_lag_seconds:
+            behind.append(f"lag {describe_age(lag)} (limit {describe_age(alerts.max_lag_seconds)})")
+        silent = row["silent_seconds"]
+        if silent is None or silent > alerts.max_silence_seconds:
+            heard = "never heard from" if silent is None else f"silent for {describe_age(silent)}"
+            warnings.insert(0, f"{heard} (limit {describe_age(alerts.max_silence_seconds)})")
+        if beat.get("dead_letters"):
+            warnings.append(f"{beat['dead_letters']:,} dead letters")
+        if beat.get("last_error"):
+            warnings.append(f"last error: {beat['last_error']}")
+        if behind:
+            return Health.BEHIND, behind + warnings
+        if warnings and warnings[0].startswith(("silent", "never")):
+            return Health.SILENT, warnings
+        return (Health.WARNING, warnings) if warnings else (Health.OK, [])
+
+    def charts(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The dashboard's series over the last hour: ingest rate, query latency, and lag and
+        queue of the agents furthest behind."""
+        now = self._clock()
+        totals = self.totals
+        width = totals.width
+        records = totals.points("records", now)
+        queries = totals.points("queries", now)
+        seconds = totals.points("query_seconds", now)
+        charted = [r["agent_id"] for r in rows if r["agent_id"] in self.agents][:CHARTED_AGENTS]
+        return {
+            "bucket_seconds": width,
+            "starts": totals.starts(now),
+            "ingest_per_second": [(v or 0.0) / width for v in records],
+            "queries_per_second": [(v or 0.0) / width for v in queries],
+            "query_mean_ms": [
+                None if not n or s is None else 1000 * s / n
+                for n, s in zip(queries, seconds, strict=True)
+            ],
+            "query_max_ms": [
+                None if v is None else 1000 * v for v in totals.points("query_max", now)
+            ],
+            "agents": {
+                agent: {
+                    "lag_seconds": self.agents[agent].series.points("lag", now),
+                    "queue": _carried(self.agents[agent].series.points("queue", now)),
+                }
+                for agent in charted
+            },
+        }
+
+
+def _carried(points: list[float | None]) -> list[float | None]:
+    """A queue stays as its last heartbeat said until the next one: carry values forward."""
+    out: list[float | None] = []
+    held = None
+    for value in points:
+        held = value if value is not None else held
+        out.append(held)
+    return out
+
+
+def _latest(*moments: float | None) -> float | None:
+    known = [moment for moment in moments if moment is not None]
+    return max(known) if known else None
+
+
+def _tables(summary: AgentSummary | None, activity: AgentActivity | None) -> dict[str, Any]:
+    stored = summary.tables if summary else {}
+    received = activity.tables if activity else {}
+    return {
+        table: {
+            "records": stored.get(table, 0),
+            "received_records": received.get(table, [0, 0])[0],
+            "received_bytes": received.get(table, [0, 0])[1],
+        }
+        for table in sorted(stored.keys() | received.keys())
+    }
+
+
+def _heartbeat_json(heartbeat: Heartbeat | None, at: float | None) -> dict[str, Any] | None:
+    if heartbeat is None:
+        return None
+    body = heartbeat.model_dump(exclude={"agent_id"})
+    body["received_at"] = at
+    return body
+
+
+def describe_age(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``2.0 d``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
