@@ -1,8 +1,9 @@
 """``/docs``: Swagger UI served by the relay itself, so the API page works offline.
 
 The assets (Swagger UI 5, which reads OpenAPI 3.1) come from the ``fastapi-offline``
-package, a dependency; should they be missing, ``/docs`` says so and links the raw spec. Swagger UI starts from ``/dashboard/static/docs.js``, not an inline script, so the page
-keeps the relay's strict Content-Security-Policy.
+package, a dependency; should they be missing, ``/docs`` says so and links the raw spec.
+Swagger UI starts from ``/dashboard/static/docs.js``, not an inline script, so the page keeps
+the relay's strict Content-Security-Policy.
 """
 
 from __future__ import annotations
