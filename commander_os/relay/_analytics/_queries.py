@@ -16,6 +16,7 @@ slowest query of a shape, run when a report is asked for and the slowest has cha
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,7 +100,8 @@ def shape_label(key: ShapeKey) -> str:
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
+    """The nearest-rank percentile of sorted ``ordered``."""
+    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[index]
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -41,7 +41,12 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from commander_os.protocol import EncodedRecord, QueryRequest
-from commander_os.relay.central._base import CentralStore, CentralStoreUnavailable, QueryTimeout
+from commander_os.relay.central._base import (
+    CentralStore,
+    CentralStoreUnavailable,
+    QueryPlan,
+    QueryTimeout,
+)
 from commander_os.relay.central._group_commit import CommitResult, GroupWriter, MergedGroup
 from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import check_schema_name, migrate
@@ -85,6 +90,7 @@ SELECT_TABLE_COUNTS = """
 SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY agent_id, tbl
 """
 SELECT_MAX_REV = "SELECT last_rev FROM rev_counter"
+EXPLAIN_ANALYZE = "EXPLAIN (ANALYZE, FORMAT JSON) "
 CONFIGURE_SESSION = """
 SELECT set_config('statement_timeout', %s, false),
        set_config('synchronous_commit', %s, false),
@@ -301,6 +307,13 @@ class PostgresCentralStore(CentralStore):
         data: dict[str, Any] = raw  # psycopg decoded the JSONB already (with orjson)
         return data
 
+    async def explain(self, request: QueryRequest) -> QueryPlan:
+        """``EXPLAIN (ANALYZE, FORMAT JSON)``: runs the query once more to measure it."""
+        sql, params = build_query(request, limit=request.limit + 1)
+        ((document,),) = await self._fetch(EXPLAIN_ANALYZE + sql, params)
+        root = document[0]["Plan"]
+        return QueryPlan(self.backend, list(_plan_steps(root)), _examined(root), raw=document)
+
     async def _agent_rows(self) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
         # Counted on demand (a scan of the table, ~0.1 s per million records) rather than kept
         # by every apply: keeping them needs the old row's state, an extra probe per record on
@@ -315,6 +328,31 @@ class PostgresCentralStore(CentralStore):
 
     def _describe(self) -> dict[str, Any]:
         return {"database": describe_url(self.url), "schema": self.schema}
+
+
+def _plan_steps(node: dict[str, Any], depth: int = 0) -> Iterator[str]:
+    """One line per plan node, indented by depth: "Index Scan using records_rev on records
+    (rows 100, removed 2,000)"."""
+    text = node["Node Type"]
+    if "Index Name" in node:
+        text += f" using {node['Index Name']}"
+    if "Relation Name" in node:
+        text += f" on {node['Relation Name']}"
+    removed = node.get("Rows Removed by Filter")
+    text += f" (rows {node.get('Actual Rows', 0):,}"
+    text += f", removed {removed:,})" if removed else ")"
+    yield "  " * depth + text
+    for child in node.get("Plans", ()):
+        yield from _plan_steps(child, depth + 1)
+
+
+def _examined(node: dict[str, Any]) -> int:
+    """Rows the scans of a plan read: those they returned and those their filters removed."""
+    rows = 0
+    if "Relation Name" in node:
+        kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        rows += int(kept * node.get("Actual Loops", 1))
+    return rows + sum(_examined(child) for child in node.get("Plans", ()))
 
 
 def _upsert_params(group: MergedGroup) -> dict[str, Any]:
