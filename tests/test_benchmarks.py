@@ -38,6 +38,8 @@ EXPECTED = (
     "query agent + key prefix",
     "query field eq",
     "query agent + field gte",
+    "relay ingest, analytics + heartbeats on vs off",
+    "query round trip, analytics on vs off",
 )
 PEERS = {"raw sqlite3", "diskcache", "sqlitedict"}
 

@@ -88,26 +88,40 @@ class DataAnalytics:
         """Count an applied write (the records of one request, all of one agent)."""
         if not records:
             return
-        now = self._clock()
-        agent_ids = {ack.agent_id for ack in acks}
-        if len(agent_ids) > 1:  # never from a write endpoint; kept correct all the same
-            for agent_id in agent_ids:
-                mine = [r for r in records if r.agent_id == agent_id]
-                self.on_write(mine, [a for a in acks if a.agent_id == agent_id])
+        if len(acks) > 1:  # never from a write endpoint; kept correct all the same
+            for ack in acks:
+                mine = [r for r in records if r.agent_id == ack.agent_id]
+                self.on_write(mine, [ack])
             return
-        activity = self._agent(records[0].agent_id)
-        nbytes = self._count_tables(activity, records)
-        lag = max(0.0, now - min(map(_TS, records)) / 1e6)
-        activity.records += len(records)
+        now = self._clock()
+        (ack,) = acks
+        activity = self._agent(ack.agent_id)
+        if len(records) == 1:  # /relay/immediate: no pass over a list
+            (record,) = records
+            nbytes = len(record.data) if record.data is not None else 0
+            _add_table(activity, record.table, 1, nbytes)
+            oldest = record.ts_us
+        else:
+            nbytes = self._count_tables(activity, records)
+            oldest = min(map(_TS, records))
+        lag = max(0.0, now - oldest / 1e6)
+        count = len(records)
+        activity.records += count
         activity.bytes += nbytes
-        activity.applied += sum(ack.applied for ack in acks)
-        activity.ignored += sum(ack.ignored for ack in acks)
+        activity.applied += ack.applied
+        activity.ignored += ack.ignored
         activity.last_write_at = now
         activity.lag_seconds = lag
-        activity.series.add("writes", now, len(records))
-        activity.series.peak("lag", now, lag)
-        self.totals.add("records", now, len(records))
-        self.totals.add("bytes", now, nbytes)
+        series = activity.series
+        slot = series.slot(now)
+        series.values("writes")[slot] += count
+        lags = series.values("lag")
+        if lag > lags[slot]:
+            lags[slot] = lag
+        totals = self.totals
+        slot = totals.slot(now)
+        totals.values("records")[slot] += count
+        totals.values("bytes")[slot] += nbytes
 
     @staticmethod
     def _count_tables(activity: AgentActivity, records: Sequence[EncodedRecord]) -> int:
@@ -116,18 +130,15 @@ class DataAnalytics:
         tables = Counter(map(_TABLE, records))
         if len(tables) == 1:
             ((table, count),) = tables.items()
-            totals = {table: (count, nbytes)}
-        else:
-            per_table: dict[str, list[int]] = {t: [n, 0] for t, n in tables.items()}
-            for record in records:
-                if record.data is not None:
-                    per_table[record.table][1] += len(record.data)
-            totals = {t: (n, b) for t, (n, b) in per_table.items()}
-        for table, (count, nbytes) in totals.items():
-            kept = activity.tables.setdefault(table, [0, 0])
-            kept[0] += count
-            kept[1] += nbytes
-        return sum(b for _, b in totals.values())
+            _add_table(activity, table, count, nbytes)
+            return nbytes
+        per_table = dict.fromkeys(tables, 0)
+        for record in records:
+            if record.data is not None:
+                per_table[record.table] += len(record.data)
+        for table, count in tables.items():
+            _add_table(activity, table, count, per_table[table])
+        return nbytes
 
     def on_heartbeat(self, heartbeat: Heartbeat) -> float:
         """Keep ``heartbeat`` as its agent's latest; the relay time it was received at."""
@@ -261,6 +272,14 @@ def _carried(points: list[float | None]) -> list[float | None]:
         held = value if value is not None else held
         out.append(held)
     return out
+
+
+def _add_table(activity: AgentActivity, table: str, count: int, nbytes: int) -> None:
+    kept = activity.tables.get(table)
+    if kept is None:
+        kept = activity.tables[table] = [0, 0]
+    kept[0] += count
+    kept[1] += nbytes
 
 
 def _latest(*moments: float | None) -> float | None:

@@ -33,6 +33,15 @@ class SeriesSet:
         self._epochs = array("q", [-1]) * BUCKETS
         self._values = {name: array("d", [0.0]) * BUCKETS for name in names}
 
+    def slot(self, now: float) -> int:
+        """The index of the bucket holding ``now`` (reset if it held an older window's), for
+        several updates at once through :meth:`values`."""
+        return self._slot(now)
+
+    def values(self, name: str) -> array[float]:
+        """The raw buckets of series ``name`` (index them with :meth:`slot`)."""
+        return self._values[name]
+
     def _slot(self, now: float) -> int:
         epoch = int(now // self.width)
         slot = epoch % BUCKETS
