@@ -2,14 +2,16 @@
 
 Endpoints: ``POST /relay/immediate`` (one record), ``POST /relay/batch`` (many; gzip or zstd
 body), ``POST /relay/query``, ``GET /relay/changes``, ``GET /relay/agents``, ``GET /health``,
-``GET /metrics``, ``GET /`` (dashboard), ``/docs`` (OpenAPI). Writes answer only after the
+``GET /metrics``, ``POST /relay/heartbeat`` and ``GET /relay/analytics`` (:mod:`._analytics`),
+and the dashboard at ``GET /`` with ``/docs`` (:mod:`.dashboard`). Writes answer only after the
 durable commit. Every refused request gets a 4xx ``{"error": code, "detail": ...}`` and changes
 nothing; a central store that cannot be reached gives 503.
 
 With ``relay.auth`` on, every endpoint but ``/health`` and the API docs needs a bearer token
 (401 without a valid one): a token writes only its own agent's records, reads what its ACL
-grants, and ``/metrics`` and the dashboard need an admin token (403 otherwise); see
-:mod:`._auth`. :mod:`._server` runs the app.
+grants, and ``/metrics`` and ``/relay/analytics`` need an admin token (403 otherwise); see
+:mod:`._auth`. The dashboard also takes the session cookie of its login form.
+:mod:`._server` runs the app.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from commander_os.protocol import (
     BatchRequest,
     ChangeRecord,
     ErrorBody,
+    Heartbeat,
     QueryRequest,
     QueryResponse,
 )
@@ -330,7 +333,7 @@ def create_app(
     app.state.relay = state
     app.add_middleware(_MetricsMiddleware, state=state)
     _install_error_handlers(app)
-    _install_openapi(app, [ChangeRecord, BatchRequest, QueryRequest])
+    _install_openapi(app, [ChangeRecord, BatchRequest, QueryRequest, Heartbeat])
     admit = Depends(_caller_dependency(state.guard))
     _add_write_routes(app, state, admit)
     _add_read_routes(app, state, admit)
