@@ -177,28 +177,25 @@ class DataAnalytics:
         activity: AgentActivity | None,
         now: float,
     ) -> dict[str, Any]:
-        heartbeat = activity.heartbeat if activity else None
-        last_heard = _latest(
-            summary.last_seen.timestamp() if summary and summary.last_seen else None,
-            activity.last_write_at if activity else None,
-            activity.heartbeat_at if activity else None,
-        )
+        seen = activity or _UNSEEN
+        last_seen = summary.last_seen.timestamp() if summary and summary.last_seen else None
+        last_heard = _latest(last_seen, seen.last_write_at, seen.heartbeat_at)
         highest = summary.highest_version if summary else 0
         incarnation, seq = split_version(highest)
         row: dict[str, Any] = {
             "agent_id": agent_id,
             "records": summary.record_count if summary else 0,
-            "tables": _tables(summary, activity),
+            "tables": _tables(summary, seen),
             "highest_version": highest,
             "incarnation": incarnation,
             "seq": seq,
-            "last_seen": summary.last_seen.timestamp() if summary and summary.last_seen else None,
+            "last_seen": last_seen,
             "last_heard": last_heard,
             "silent_seconds": None if last_heard is None else max(0.0, now - last_heard),
-            "lag_seconds": activity.lag_seconds if activity else None,
-            "received_records": activity.records if activity else 0,
-            "received_bytes": activity.bytes if activity else 0,
-            "heartbeat": _heartbeat_json(heartbeat, activity.heartbeat_at if activity else None),
+            "lag_seconds": seen.lag_seconds,
+            "received_records": seen.records,
+            "received_bytes": seen.bytes,
+            "heartbeat": _heartbeat_json(seen.heartbeat, seen.heartbeat_at),
             "delivered": summary is not None,
         }
         row["health"], row["reasons"] = self.health(row)
@@ -206,31 +203,36 @@ class DataAnalytics:
 
     def health(self, row: dict[str, Any]) -> tuple[str, list[str]]:
         """The health level of an agent row and the reasons for it, worst first."""
+        behind = self._behind(row)
+        silence = self._silence(row)
+        warnings = _warnings(row["heartbeat"] or {})
+        if behind:
+            return Health.BEHIND, behind + silence + warnings
+        if silence:
+            return Health.SILENT, silence + warnings
+        return (Health.WARNING, warnings) if warnings else (Health.OK, [])
+
+    def _behind(self, row: dict[str, Any]) -> list[str]:
         alerts = self.alerts
-        beat = row["heartbeat"] or {}
-        queue = beat.get("queue_size") or 0
-        behind: list[str] = []
-        warnings: list[str] = []
+        queue = (row["heartbeat"] or {}).get("queue_size") or 0
+        reasons = []
         if queue > alerts.max_queue:
-            behind.append(f"{queue:,} changes queued (limit {alerts.max_queue:,})")
+            reasons.append(f"{queue:,} changes queued (limit {alerts.max_queue:,})")
         if not row["delivered"] and queue:
-            behind.append("has changes queued but never delivered a record")
+            reasons.append("has changes queued but never delivered a record")
         lag = row["lag_seconds"]
         if lag is not None and lag > alerts.max_lag_seconds:
-            behind.append(f"lag {describe_age(lag)} (limit {describe_age(alerts.max_lag_seconds)})")
+            limit = describe_age(alerts.max_lag_seconds)
+            reasons.append(f"lag {describe_age(lag)} (limit {limit})")
+        return reasons
+
+    def _silence(self, row: dict[str, Any]) -> list[str]:
+        limit = self.alerts.max_silence_seconds
         silent = row["silent_seconds"]
-        if silent is None or silent > alerts.max_silence_seconds:
-            heard = "never heard from" if silent is None else f"silent for {describe_age(silent)}"
-            warnings.insert(0, f"{heard} (limit {describe_age(alerts.max_silence_seconds)})")
-        if beat.get("dead_letters"):
-            warnings.append(f"{beat['dead_letters']:,} dead letters")
-        if beat.get("last_error"):
-            warnings.append(f"last error: {beat['last_error']}")
-        if behind:
-            return Health.BEHIND, behind + warnings
-        if warnings and warnings[0].startswith(("silent", "never")):
-            return Health.SILENT, warnings
-        return (Health.WARNING, warnings) if warnings else (Health.OK, [])
+        if silent is not None and silent <= limit:
+            return []
+        heard = "never heard from" if silent is None else f"silent for {describe_age(silent)}"
+        return [f"{heard} (limit {describe_age(limit)})"]
 
     def charts(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The dashboard's series over the last hour: ingest rate, query latency, and lag and
@@ -238,30 +240,47 @@ class DataAnalytics:
         now = self._clock()
         totals = self.totals
         width = totals.width
-        records = totals.points("records", now)
         queries = totals.points("queries", now)
         seconds = totals.points("query_seconds", now)
         charted = [r["agent_id"] for r in rows if r["agent_id"] in self.agents][:CHARTED_AGENTS]
         return {
             "bucket_seconds": width,
             "starts": totals.starts(now),
-            "ingest_per_second": [(v or 0.0) / width for v in records],
+            "ingest_per_second": [(v or 0.0) / width for v in totals.points("records", now)],
             "queries_per_second": [(v or 0.0) / width for v in queries],
-            "query_mean_ms": [
-                None if not n or s is None else 1000 * s / n
-                for n, s in zip(queries, seconds, strict=True)
-            ],
-            "query_max_ms": [
-                None if v is None else 1000 * v for v in totals.points("query_max", now)
-            ],
-            "agents": {
-                agent: {
-                    "lag_seconds": self.agents[agent].series.points("lag", now),
-                    "queue": _carried(self.agents[agent].series.points("queue", now)),
-                }
-                for agent in charted
-            },
+            "query_mean_ms": list(map(_mean_ms, queries, seconds)),
+            "query_max_ms": [_ms(v) for v in totals.points("query_max", now)],
+            "agents": {agent: self._agent_series(agent, now) for agent in charted},
         }
+
+    def _agent_series(self, agent_id: str, now: float) -> dict[str, list[float | None]]:
+        series = self.agents[agent_id].series
+        return {
+            "lag_seconds": series.points("lag", now),
+            "queue": _carried(series.points("queue", now)),
+        }
+
+
+#: What is known of an agent this relay has not heard from since it started: nothing.
+_UNSEEN = AgentActivity("")
+
+
+def _warnings(beat: dict[str, Any]) -> list[str]:
+    """What an agent's heartbeat reports that is wrong, short of being behind."""
+    reasons = []
+    if beat.get("dead_letters"):
+        reasons.append(f"{beat['dead_letters']:,} dead letters")
+    if beat.get("last_error"):
+        reasons.append(f"last error: {beat['last_error']}")
+    return reasons
+
+
+def _mean_ms(count: float | None, seconds: float | None) -> float | None:
+    return None if not count or seconds is None else 1000 * seconds / count
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
 
 
 def _carried(points: list[float | None]) -> list[float | None]:
@@ -287,9 +306,9 @@ def _latest(*moments: float | None) -> float | None:
     return max(known) if known else None
 
 
-def _tables(summary: AgentSummary | None, activity: AgentActivity | None) -> dict[str, Any]:
+def _tables(summary: AgentSummary | None, activity: AgentActivity) -> dict[str, Any]:
     stored = summary.tables if summary else {}
-    received = activity.tables if activity else {}
+    received = activity.tables
     return {
         table: {
             "records": stored.get(table, 0),
