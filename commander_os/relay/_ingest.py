@@ -75,7 +75,7 @@ async def apply_writes(state: RelayState, records: list[EncodedRecord]) -> list[
     for ack in acks:
         state.metrics.count_records(ack.applied, ack.ignored)
     if state.analytics is not None:
-        state.analytics.data.on_write(records, acks)
+        state.analytics.on_write(records, acks)
     state.changes.notify()
     return acks
 

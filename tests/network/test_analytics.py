@@ -359,3 +359,17 @@ async def test_every_store_gets_its_scanning_shape_hinted(
     assert shape["rows_examined_per_query"] >= 200  # SQLite counts; PostgreSQL's plan measures
     assert shape["scans"] is True
     assert shape["index_hints"][0]["command"] == "commander-os relay index add value.n"
+
+
+async def test_a_fault_in_the_counting_never_fails_a_committed_write(
+    relay: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(DataAnalytics, "on_write", broken)
+    with caplog.at_level(logging.ERROR, logger="commander_os.relay.analytics"):
+        answer = await relay.post("/relay/immediate", json=_wire("k", 1, {"v": 1}))
+    assert answer.status_code == 200
+    assert answer.json()["applied"] == 1
+    assert "analytics could not count a write" in caplog.text

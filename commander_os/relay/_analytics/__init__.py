@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from commander_os.config import RelayConfig
 from commander_os.errors import QueryTimeout
-from commander_os.protocol import AgentSummary, QueryRequest, QueryResponse
+from commander_os.protocol import Ack, AgentSummary, EncodedRecord, QueryRequest, QueryResponse
 from commander_os.relay._analytics._data import DataAnalytics, Health, describe_age
 from commander_os.relay._analytics._export import AnalyticsCollector
 from commander_os.relay._analytics._queries import QueryAnalytics
@@ -25,6 +26,8 @@ from commander_os.relay._metrics import RelayMetrics
 from commander_os.relay.central import CentralStore
 
 __all__ = ["Analytics", "DataAnalytics", "Health", "add_analytics_routes", "describe_age"]
+
+logger = logging.getLogger("commander_os.relay.analytics")
 
 #: Seconds the store's agent list is reused by /metrics, the dashboard and /relay/analytics
 #: (PostgreSQL counts records per agent with a scan).
@@ -65,6 +68,14 @@ class Analytics:
         self.queries.record(stats, request, seconds, len(answer.records), examined)
         self.data.on_query(seconds)
         return answer, seconds
+
+    def on_write(self, records: Sequence[EncodedRecord], acks: Sequence[Ack]) -> None:
+        """Count a committed write. The records are durable already: a fault in the counting
+        is logged, never turned into a failed answer (the agent would resend for nothing)."""
+        try:
+            self.data.on_write(records, acks)
+        except Exception:
+            logger.exception("analytics could not count a write of %d record(s)", len(records))
 
     async def refresh(self, store: CentralStore) -> None:
         """Re-read the store's agent list if the copy is older than a moment."""
