@@ -262,3 +262,29 @@ async def test_sessions_of_one_secret_work_on_every_relay_sharing_it(
     assert session is not None
     assert session.claims.admin
     assert session.claims.agent_id == "ops"
+
+
+async def test_heartbeats_follow_the_write_rights_and_analytics_is_admin_only(
+    dash: httpx.AsyncClient,
+) -> None:
+    beat = {"agent_id": "victim", "queue_size": 1}
+    assert (await dash.post("/relay/heartbeat", json=beat)).status_code == 401
+    other = await dash.post("/relay/heartbeat", json=beat, headers=bearer(token("attacker")))
+    assert other.status_code == 403
+    admin = bearer(token("ops", admin=True))
+    assert (await dash.post("/relay/heartbeat", json=beat, headers=admin)).status_code == 403
+    # A body naming another agent is 403 even where it is malformed too.
+    bad = await dash.post(
+        "/relay/heartbeat",
+        json={"agent_id": "victim", "queue_size": -5},
+        headers=bearer(token("x")),
+    )
+    assert bad.status_code == 403
+    own = await dash.post("/relay/heartbeat", json=beat, headers=bearer(token("victim")))
+    assert own.status_code == 200
+    assert (await dash.get("/relay/analytics")).status_code == 401
+    reader = await dash.get("/relay/analytics", headers=bearer(token("victim")))
+    assert reader.status_code == 403
+    report = await dash.get("/relay/analytics", headers=admin)
+    assert report.status_code == 200
+    assert [row["agent_id"] for row in report.json()["agents"]] == ["victim"]
