@@ -103,18 +103,30 @@ def _postgres_backend(workdir: Path, url: str) -> Backend:
 
 
 def _ingest(
-    sizes: Sizes, backend: Backend, workdir: Path, server_cpu: int | None, client_cpu: int | None
+    sizes: Sizes,
+    backend: Backend,
+    workdir: Path,
+    server_cpu: int | None,
+    client_cpu: int | None,
+    *,
+    tag: str = "ingest",
+    env: dict[str, str] | None = None,
+    alongside: Callable[[str], contextlib.AbstractContextManager[object]] | None = None,
 ) -> tuple[float, list[float]]:
-    """Records per second over all agents, and every batch's round trip."""
-    asyncio.run(_create(backend.make_store("ingest")))
-    with RelayProcess(cpu=server_cpu, **backend.relay_kwargs("ingest")) as relay:
+    """Records per second over all agents, and every batch's round trip.
+
+    ``tag`` names the fresh store; ``env`` is the relay's environment; ``alongside(url)`` is
+    entered while the agents push (e.g. heartbeats of other agents).
+    """
+    asyncio.run(_create(backend.make_store(tag)))
+    with RelayProcess(cpu=server_cpu, env=env, **backend.relay_kwargs(tag)) as relay:
         children = []
         for n in range(sizes.ingest_agents):
-            out = workdir / f"ingest-{backend.name}-{n}.json"
+            out = workdir / f"{tag}-{backend.name}-{n}.json"
             argv = _child(
                 "ingest",
                 relay.url,
-                f"ingest-{n}",
+                f"{tag}-{n}",
                 str(sizes.ingest_batches),
                 str(sizes.ingest_batch),
                 str(out),
@@ -130,13 +142,14 @@ def _ingest(
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise RuntimeError("an ingest agent did not start")
-        for child, _ in children:
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        for child, _ in children:
-            if child.wait(timeout=600) != 0:
-                raise RuntimeError("an ingest agent failed")
+        with alongside(relay.url) if alongside else contextlib.nullcontext():
+            for child, _ in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            for child, _ in children:
+                if child.wait(timeout=600) != 0:
+                    raise RuntimeError("an ingest agent failed")
     reports = [orjson.loads(out.read_bytes()) for _, out in children]
     elapsed = (max(r["end"] for r in reports) - min(r["start"] for r in reports)) * 1e-9
     total = sizes.ingest_agents * sizes.ingest_batches * sizes.ingest_batch
@@ -368,6 +381,13 @@ def run_relay(
             log(f"relay[{backend.name}]: loading {sizes.central_records} records, then queries")
             queries = _queries(sizes, backend, server_cpu, log)
             results += _results(sizes, backend, ingest, queries)
+            if backend.name == "sqlite":
+                from benchmarks.analytics import analytics_overhead
+
+                log("relay[sqlite]: analytics and heartbeats, on and off")
+                results += analytics_overhead(
+                    sizes, backend, workdir, server_cpu, client_cpu, _query_kinds(sizes)
+                )
         finally:
             with contextlib.suppress(Exception):
                 backend.cleanup()

@@ -271,6 +271,103 @@ def _parse_where(text: str) -> dict[str, Any]:
     return {"field": field, "op": op, "value": value}
 
 
+# --------------------------------------------------------------------------- analytics
+
+
+@app.command("analytics")
+def _analytics(
+    relay: Annotated[
+        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
+    ] = "http://127.0.0.1:8001",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the relay's JSON.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Admin token (when auth is on)."),
+    ] = None,
+) -> None:
+    """Show the relay's query shapes (latency, rows examined, index hints), slow queries and
+    every agent's health."""
+    report = _fetch_analytics(relay, token)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if not report.get("enabled"):
+        console.print(f"analytics are off on {relay} (relay.analytics: false)")
+        return
+    _print_agents(report["agents"])
+    _print_shapes(report["queries"])
+
+
+def _fetch_analytics(relay: str, token: str | None) -> dict[str, Any]:
+    """``GET /relay/analytics``; our errors for anything but a 200."""
+    import httpx
+
+    from commander_os.errors import RelayError
+
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = httpx.get(relay.rstrip("/") + "/relay/analytics", headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise RelayError(f"cannot reach the relay at {relay}: {exc}") from exc
+    if answer.status_code != 200:
+        try:
+            detail = answer.json().get("detail")
+        except ValueError:
+            detail = answer.text[:200]
+        raise RelayError(f"relay answered {answer.status_code}: {detail}")
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+_HEALTH_STYLE = {"ok": "green", "warning": "yellow", "silent": "magenta", "behind": "red"}
+
+
+def _print_agents(agents: list[dict[str, Any]]) -> None:
+    table = Table(title="agents")
+    for column in ("health", "agent", "records", "lag", "queue", "dead", "why"):
+        table.add_column(column, overflow="fold")
+    for row in agents:
+        beat = row.get("heartbeat") or {}
+        lag = row.get("lag_seconds")
+        style = _HEALTH_STYLE.get(row["health"], "white")
+        table.add_row(
+            f"[{style}]{row['health']}[/]",
+            escape(row["agent_id"]),
+            str(row["records"]),
+            "-" if lag is None else f"{lag:.1f} s",
+            str(beat.get("queue_size", "-")),
+            str(beat.get("dead_letters", "-")),
+            escape("; ".join(row["reasons"])),
+        )
+    console.print(table)
+
+
+def _print_shapes(queries: dict[str, Any]) -> None:
+    table = Table(title=f"query shapes (slow: >= {queries['slow_query_ms']:g} ms)")
+    for column in ("shape", "count", "p50 ms", "p95 ms", "p99 ms", "examined/returned", "hint"):
+        table.add_column(column, overflow="fold")
+    for shape in queries["shapes"]:
+        examined = shape["rows_examined_per_query"]
+        hints = " ".join(hint["command"] for hint in shape["index_hints"])
+        table.add_row(
+            escape(shape["shape"]),
+            str(shape["count"]),
+            *(
+                f"{shape[k]:.2f}" if shape[k] is not None else "-"
+                for k in ("p50_ms", "p95_ms", "p99_ms")
+            ),
+            ("-" if examined is None else f"{examined:,.0f}")
+            + f" / {shape['rows_returned_per_query']:,.0f}",
+            f"[yellow]{escape(hints)}[/]" if hints else "",
+        )
+    console.print(table)
+    for entry in queries["slow_queries"][:20]:
+        console.print(
+            f"slow: {entry['ms']:.1f} ms  {escape(entry['shape'])}  ({entry['returned']} rows)",
+            highlight=False,
+        )
+
+
 # ------------------------------------------------------------------------------- relay
 
 

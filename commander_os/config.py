@@ -61,6 +61,7 @@ __all__ = [
     "LOOPBACK_NAMES",
     "RELAY_ENV_ALIASES",
     "RELAY_ENV_PREFIX",
+    "AlertsConfig",
     "LimitsConfig",
     "RelayConfig",
     "StorageConfig",
@@ -265,6 +266,18 @@ class LimitsConfig(_Section):
     max_connections: int = Field(default=1000, ge=1, le=1_000_000)
 
 
+class AlertsConfig(_Section):
+    """``relay.alerts``: when an agent counts as behind; shown on the dashboard and in
+    ``/metrics`` (``commander_relay_alert_*``)."""
+
+    #: Changes waiting in an agent's outbox (from its heartbeats) above which it is behind.
+    max_queue: int = Field(default=1000, ge=0)
+    #: Seconds between an agent's write and its arrival at the relay above which it is behind.
+    max_lag_seconds: float = Field(default=60.0, gt=0)
+    #: Seconds without a record or heartbeat after which an agent counts as silent.
+    max_silence_seconds: float = Field(default=300.0, gt=0)
+
+
 class RelayConfig(_Settings):
     """The ``relay:`` section of ``relay.yaml`` (variables ``COMMANDER_OS_RELAY_*``).
 
@@ -301,6 +314,14 @@ class RelayConfig(_Settings):
     trusted_proxies: list[str] = Field(default_factory=list)
     #: Open ``central.db`` even if its path is a symbolic link (refused by default).
     follow_symlinks: bool = False
+    #: Query and data analytics (``/relay/analytics``, the dashboard's views, per-agent
+    #: metrics); off, the relay keeps only its plain counters (for comparisons of cost).
+    analytics: bool = True
+    #: Queries slower than this (milliseconds) go to the slow-query log.
+    slow_query_ms: float = Field(default=250.0, ge=0)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    #: Agents exported one by one in ``/metrics`` (the rest are summed as agent="other").
+    metrics_max_agents: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("host")
     @classmethod

@@ -38,6 +38,10 @@ EXPECTED = (
     "query agent + key prefix",
     "query field eq",
     "query agent + field gte",
+    "relay ingest, analytics + heartbeats on vs off",
+    "query round trip, analytics on vs off",
+    "analytics bookkeeping per ingested record",
+    "analytics bookkeeping per query",
 )
 PEERS = {"raw sqlite3", "diskcache", "sqlitedict"}
 

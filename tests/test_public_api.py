@@ -33,6 +33,7 @@ PUBLIC_MODULES = {
     "commander_os.protocol.sqlite_filters",
     "commander_os.relay",
     "commander_os.relay.central",
+    "commander_os.relay.dashboard",
     "commander_os.storage",
     "commander_os.storage.agent_storage",
     "commander_os.storage.base_storage",

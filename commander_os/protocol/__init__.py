@@ -3,7 +3,8 @@
 Agent side and relay side both import this package and nothing of each other. It holds the
 change record (:class:`ChangeRecord`, its encodings), writes and their acknowledgements
 (:class:`BatchRequest`, :class:`Ack`), queries (:class:`QueryRequest`, :class:`FieldFilter`,
-cursors) and the SQLite translation of JSON field filters (:mod:`.sqlite_filters`).
+cursors), agent heartbeats (:class:`Heartbeat`) and the SQLite translation of JSON field
+filters (:mod:`.sqlite_filters`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from commander_os.protocol._delivery import (
     Verdict,
     segment_json,
     segment_record_json,
+)
+from commander_os.protocol._heartbeat import (
+    MAX_HEARTBEAT_TARGETS,
+    Heartbeat,
+    HeartbeatAck,
+    TargetHeartbeat,
 )
 from commander_os.protocol._query import (
     DEFAULT_QUERY_LIMIT,
@@ -67,6 +74,7 @@ __all__ = [
     "DEFAULT_QUERY_LIMIT",
     "FIELD_PATH_PATTERN",
     "MAX_BATCH_RECORDS",
+    "MAX_HEARTBEAT_TARGETS",
     "MAX_INCARNATION",
     "MAX_QUERY_LIMIT",
     "MAX_SEGMENTS",
@@ -89,6 +97,8 @@ __all__ = [
     "ErrorBody",
     "FieldFilter",
     "FilterOp",
+    "Heartbeat",
+    "HeartbeatAck",
     "QueryRequest",
     "QueryResponse",
     "Segment",
@@ -96,6 +106,7 @@ __all__ = [
     "SegmentRecord",
     "StoredRecord",
     "TableName",
+    "TargetHeartbeat",
     "TimeStamp",
     "Verdict",
     "change_record_json",

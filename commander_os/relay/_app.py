@@ -2,27 +2,28 @@
 
 Endpoints: ``POST /relay/immediate`` (one record), ``POST /relay/batch`` (many; gzip or zstd
 body), ``POST /relay/query``, ``GET /relay/changes``, ``GET /relay/agents``, ``GET /health``,
-``GET /metrics``, ``GET /`` (dashboard), ``/docs`` (OpenAPI). Writes answer only after the
+``GET /metrics``, ``POST /relay/heartbeat`` and ``GET /relay/analytics`` (:mod:`._analytics`),
+and the dashboard at ``GET /`` with ``/docs`` (:mod:`.dashboard`). Writes answer only after the
 durable commit. Every refused request gets a 4xx ``{"error": code, "detail": ...}`` and changes
 nothing; a central store that cannot be reached gives 503.
 
 With ``relay.auth`` on, every endpoint but ``/health`` and the API docs needs a bearer token
 (401 without a valid one): a token writes only its own agent's records, reads what its ACL
-grants, and ``/metrics`` and the dashboard need an admin token (403 otherwise); see
-:mod:`._auth`. Before any route, :mod:`._http_guard` refuses foreign ``Host`` and ``Origin``
-headers and non-JSON ``POST`` bodies. :mod:`._server` runs the app.
+grants, and ``/metrics`` and ``/relay/analytics`` need an admin token (403 otherwise); see
+:mod:`._auth`. The dashboard also takes the session cookie of its login form. Before any route,
+:mod:`._http_guard` refuses foreign ``Host`` and ``Origin`` headers and non-JSON ``POST``
+bodies. :mod:`._server` runs the app.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from commander_os._version import __version__
 from commander_os.config import RelayConfig
-from commander_os.errors import ConfigError, InvalidCursor, QueryTimeout
+from commander_os.errors import ConfigError
 from commander_os.protocol import (
     Ack,
     BatchRequest,
@@ -38,20 +39,25 @@ from commander_os.protocol import (
     DeliveryRequest,
     DeliveryResponse,
     ErrorBody,
+    Heartbeat,
     QueryRequest,
     QueryResponse,
 )
+from commander_os.relay._analytics import add_analytics_routes
 from commander_os.relay._auth import load_secret
 from commander_os.relay._body import RequestProblem, check_query, parse_model, read_body
-from commander_os.relay._dashboard import render_dashboard
 from commander_os.relay._feed import MAX_WAIT_SECONDS, changes_page
 from commander_os.relay._guard import Caller, Guard
 from commander_os.relay._health import health_response
+from commander_os.relay._http import body_doc as _body_doc
 from commander_os.relay._http import error_response, json_response, page_json
 from commander_os.relay._http_guard import install_http_guard
 from commander_os.relay._ingest import deliver, ingest, is_delivery
+from commander_os.relay._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from commander_os.relay._reads import run_query
 from commander_os.relay._state import RelayState
 from commander_os.relay.central import CentralStore, CentralStoreUnavailable, store_for_config
+from commander_os.relay.dashboard import DASHBOARD_PATHS, add_dashboard_routes
 
 __all__ = ["create_app"]
 
@@ -65,12 +71,18 @@ _KNOWN_PATHS = frozenset(
         "/relay/query",
         "/relay/changes",
         "/relay/agents",
+        "/relay/heartbeat",
+        "/relay/analytics",
+        "/docs",
+        "/openapi.json",
+        *DASHBOARD_PATHS,
     }
 )
 
 
 class _MetricsMiddleware:
-    """Counts every answer by endpoint and status (unknown paths count as "other")."""
+    """Counts every answer by endpoint and status (unknown paths count as "other"), and the
+    requests in flight."""
 
     def __init__(self, app: ASGIApp, state: RelayState) -> None:
         self.app = app
@@ -89,36 +101,16 @@ class _MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
         try:
             await self.app(scope, receive, send_counting)
         finally:
+            in_flight.dec()
             self.metrics.count_request(path, status)
 
 
-async def _query(state: RelayState, caller: Caller, request: QueryRequest) -> QueryResponse:
-    cap = state.config.limits.max_query_limit
-    if request.limit > cap:
-        request = request.model_copy(update={"limit": cap})
-    started = time.perf_counter()
-    try:
-        with caller.query_slot():
-            answer = await state.store.query(request)
-    except InvalidCursor as exc:
-        raise RequestProblem(400, "invalid_cursor", str(exc)) from None
-    except QueryTimeout as exc:
-        raise RequestProblem(422, "query_timeout", str(exc)) from None
-    state.metrics.query_latency.observe(time.perf_counter() - started)
-    return answer
-
-
 # ----------------------------------------------------------------------- app plumbing
-
-
-def _body_doc(*models: type[Any]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for a route that parses its body itself (for speed)."""
-    schemas = [m.model_json_schema(ref_template="#/components/schemas/{model}") for m in models]
-    schema = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _install_openapi(app: FastAPI, models: Sequence[type[Any]]) -> None:
@@ -252,7 +244,7 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         may read; naming another is 403)."""
         query = parse_model(QueryRequest, await read_body(request, limits))
         check_query(query)
-        answer = await _query(state, caller, caller.restrict_query(query))
+        answer = await run_query(state, caller.restrict_query(query), "query", caller)
         return json_response(page_json(answer.records, answer.next_cursor))
 
     @app.get("/relay/changes", response_model=QueryResponse)
@@ -270,7 +262,7 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         )
 
         async def page(query: QueryRequest) -> QueryResponse:
-            return await _query(state, caller, query)
+            return await run_query(state, query, "changes", caller)
 
         records, cursor = await changes_page(
             state.changes, page, caller.restrict_query(request), wait
@@ -301,13 +293,9 @@ def _add_operator_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
     async def metrics(caller: Caller = admit) -> Response:
         """Prometheus text exposition (admin token when auth is on)."""
         caller.require_admin()
-        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard(caller: Caller = admit) -> Response:
-        caller.require_admin()
-        agents = await state.store.agents()
-        return HTMLResponse(render_dashboard(agents, state.metrics.uptime()))
+        if state.analytics is not None:
+            await state.analytics.refresh(state.store)
+        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 def create_app(
@@ -344,15 +332,20 @@ def create_app(
         title="Commander OS relay",
         version=__version__,
         lifespan=lifespan,
+        # The relay serves its own /docs (no CDN: it works offline); ReDoc would need one.
+        docs_url=None,
+        redoc_url=None,
         responses={"4XX": {"model": ErrorBody}, "503": {"model": ErrorBody}},
     )
     app.state.relay = state
     install_http_guard(app, config)  # first, so the metrics count its refusals too
     app.add_middleware(_MetricsMiddleware, state=state)
     _install_error_handlers(app)
-    _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest])
+    _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest, Heartbeat])
     admit = Depends(_caller_dependency(state.guard))
     _add_write_routes(app, state, admit)
     _add_read_routes(app, state, admit)
     _add_operator_routes(app, state, admit)
+    add_analytics_routes(app, state, admit)
+    add_dashboard_routes(app, state)
     return app

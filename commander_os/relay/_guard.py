@@ -238,6 +238,11 @@ class Guard:
     def admit(self, token: str | None, client: str | None) -> Caller:
         """The caller behind ``token``; 401 without a valid one (auth on), 429 past a limit."""
         claims = self._claims(token, client) if self.secret is not None else None
+        return self.admit_claims(claims, client)
+
+    def admit_claims(self, claims: TokenClaims | None, client: str | None) -> Caller:
+        """The caller holding ``claims`` (already verified, e.g. a dashboard session's); 429
+        past the rate."""
         if self.limiter is not None:
             key = f"agent:{claims.agent_id}" if claims else f"addr:{client}"
             wait = self.limiter.wait_time(key)

@@ -19,7 +19,9 @@ relay requests:
 4. **Content-Type.** Every ``POST`` must say ``application/json`` (415 otherwise). A web page
    can send a "simple" cross-origin POST (``text/plain``, a form) without asking first; a JSON
    one needs a CORS preflight, which this relay never grants. ``Content-Encoding`` (gzip, zstd)
-   is separate and unaffected.
+   is separate and unaffected. The one exception is the dashboard's own HTML forms under
+   ``/dashboard/``: they post ``application/x-www-form-urlencoded`` and each carries a CSRF
+   token the dashboard checks, on top of the Origin check above.
 
 Refusals are the relay's usual JSON errors, answered before any route runs: nothing changes.
 """
@@ -40,6 +42,8 @@ __all__ = ["HttpGuard", "install_http_guard"]
 #: Addresses that mean "every interface": the relay cannot be reached by these names.
 _WILDCARDS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (names, not a bind)
 _JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
+_DASHBOARD_FORMS = "/dashboard/"
 _CROSS_SITE = frozenset({b"cross-site", b"same-site"})
 _Problem = tuple[int, str, str]
 
@@ -93,7 +97,7 @@ class HttpGuard:
         headers = dict(scope["headers"])  # the last of repeated names wins; XFF is joined
         if self.proxies:
             scope = self._forwarded(scope)
-        problem = self._problem(scope["method"], headers)
+        problem = self._problem(scope["method"], scope["path"], headers)
         if problem is not None:
             status, error, detail = problem
             await error_response(status, error, detail)(scope, receive, send)
@@ -102,7 +106,7 @@ class HttpGuard:
 
     # -- checks -------------------------------------------------------------------------------
 
-    def _problem(self, method: str, headers: dict[bytes, bytes]) -> _Problem | None:
+    def _problem(self, method: str, path: str, headers: dict[bytes, bytes]) -> _Problem | None:
         host = headers.get(b"host")
         if host is not None and not self._allowed(_host_name(host.decode("latin-1"))):
             return (
@@ -117,7 +121,7 @@ class HttpGuard:
                 "forbidden_origin",
                 "requests from web pages of another origin are refused (the relay serves no CORS)",
             )
-        if method == "POST" and not _is_json(headers.get(b"content-type")):
+        if method == "POST" and not _acceptable_body(path, headers.get(b"content-type")):
             return (
                 415,
                 "unsupported_media_type",
@@ -176,7 +180,9 @@ class HttpGuard:
         return address is not None and any(address in network for network in self.proxies)
 
 
-def _is_json(content_type: bytes | None) -> bool:
+def _acceptable_body(path: str, content_type: bytes | None) -> bool:
+    """JSON everywhere; a URL-encoded form only for the dashboard's CSRF-protected forms."""
     if content_type is None:
         return False
-    return content_type.split(b";", 1)[0].strip().lower().decode("latin-1") == _JSON
+    media = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+    return media == _JSON or (media == _FORM and path.startswith(_DASHBOARD_FORMS))

@@ -137,7 +137,8 @@ def _slow_segment(segment: Segment, limits: LimitsConfig) -> WriteSegment:
 
 
 async def apply_writes(state: RelayState, segments: list[WriteSegment]) -> list[SegmentResult]:
-    """Apply ``segments`` durably; count them and wake the change feed's waiters."""
+    """Apply ``segments`` durably; count them (analytics too) and wake the change feed's
+    waiters."""
     if not state.config.enable_storage_sync:
         raise CentralStoreUnavailable("storage sync is disabled on this relay")
     started = time.perf_counter()
@@ -148,8 +149,16 @@ async def apply_writes(state: RelayState, segments: list[WriteSegment]) -> list[
     except ValueError as exc:  # data the store cannot keep (e.g. U+0000 in PostgreSQL)
         raise RequestProblem(422, "invalid_value", str(exc)) from None
     state.metrics.apply_latency.observe(time.perf_counter() - started)
-    for result in results:
+    for segment, result in zip(segments, results, strict=True):
         state.metrics.count_records(result.applied, result.ignored)
+        if state.analytics is not None and (result.outcome is None or result.outcome.apply):
+            ack = Ack(
+                agent_id=result.agent_id,
+                highest_version=result.highest_version,
+                applied=result.applied,
+                ignored=result.ignored,
+            )
+            state.analytics.on_write(segment.records, [ack])
     state.changes.notify()
     return results
 

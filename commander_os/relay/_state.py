@@ -1,10 +1,12 @@
-"""What one relay app holds while it runs: its config, store, guard, metrics and feed."""
+"""What one relay app holds while it runs: its config, store, guard, metrics, analytics and
+feed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from commander_os.config import RelayConfig
+from commander_os.relay._analytics import Analytics
 from commander_os.relay._feed import ChangeNotifier
 from commander_os.relay._guard import Guard
 from commander_os.relay._metrics import RelayMetrics
@@ -23,3 +25,9 @@ class RelayState:
     guard: Guard
     metrics: RelayMetrics = field(default_factory=RelayMetrics)
     changes: ChangeNotifier = field(default_factory=ChangeNotifier)
+    #: Query and data analytics; ``None`` when ``relay.analytics`` is off.
+    analytics: Analytics | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.analytics and self.analytics is None:
+            self.analytics = Analytics(self.config, self.metrics)

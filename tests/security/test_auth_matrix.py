@@ -162,7 +162,11 @@ async def test_authorization_matrix_accepts_nothing_it_should_not(
             accepted_wrongly += 1
             wrong.append(f"other agent's token / {name}: {answer.status_code}, {leaks} leaked")
         names_victim = VICTIM in path or (isinstance(body, dict) and VICTIM in str(body))
-        if (names_victim or path in ("/metrics", "/")) and answer.status_code != 403:
+        if answer.headers.get("content-type", "").startswith("text/html") and VICTIM in answer.text:
+            accepted_wrongly += 1
+            wrong.append(f"other agent's token / {name}: the page shows {VICTIM}")
+        # The dashboard shows any token what it may read; /metrics is for admins only.
+        if (names_victim or path == "/metrics") and answer.status_code != 403:
             accepted_wrongly += 1
             wrong.append(f"other agent's token / {name}: {answer.status_code}, expected 403")
 

@@ -91,17 +91,22 @@ class Gate:
     def __init__(self, store: CentralStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.open = asyncio.Event()
         self.inside = 0
-        select = store._select
+        # Plain queries select; queries counted for analytics select and count rows examined.
+        for name in ("_select", "_select_counted"):
+            monkeypatch.setattr(store, name, self._held(getattr(store, name)))
 
+    def _held(self, select: Any) -> Any:
         async def held(*args: Any) -> Any:
             self.inside += 1
             await self.open.wait()
             return await select(*args)
 
-        monkeypatch.setattr(store, "_select", held)
+        return held
 
     async def wait_inside(self, count: int) -> None:
+        deadline = time.monotonic() + 10
         while self.inside < count:
+            assert time.monotonic() < deadline, f"{self.inside} of {count} queries arrived"
             await asyncio.sleep(0.001)
 
 

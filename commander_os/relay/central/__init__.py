@@ -17,6 +17,7 @@ from commander_os.relay.central._base import (
     CentralStoreError,
     CentralStoreUnavailable,
     InvalidCursor,
+    QueryPlan,
     QueryTimeout,
     StoreHealth,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidCursor",
     "Outcome",
     "PostgresCentralStore",
+    "QueryPlan",
     "QueryTimeout",
     "SQLiteCentralStore",
     "SegmentHeader",

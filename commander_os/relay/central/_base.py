@@ -62,6 +62,7 @@ __all__ = [
     "CentralStoreError",
     "CentralStoreUnavailable",
     "InvalidCursor",
+    "QueryPlan",
     "QueryTimeout",
     "StoreHealth",
 ]
@@ -84,6 +85,22 @@ class StoreHealth:
     #: False when the last commit failed for the store's own reason (disk full, database
     #: away, a read-only standby) or the store says it cannot write; reads may still work.
     writable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPlan:
+    """How the store runs one query (``CentralStore.explain``), for the relay's analytics.
+
+    ``steps`` are the plan's lines, outermost first (SQLite's ``EXPLAIN QUERY PLAN`` details,
+    or PostgreSQL's nodes as "Index Scan using records_rev on records"); ``examined`` is the
+    number of rows the store read to answer, where the backend measured it.
+    """
+
+    backend: str
+    steps: list[str]
+    examined: int | None = None
+    #: The backend's own rendering (PostgreSQL's ``EXPLAIN (ANALYZE, FORMAT JSON)``), if any.
+    raw: Any = None
 
 
 class CentralStore(ABC):
@@ -175,7 +192,21 @@ class CentralStore(ABC):
         ``next_cursor`` is set when the page is full (there may be more). Raises
         :class:`InvalidCursor` for a foreign cursor and :class:`QueryTimeout` past the budget.
         """
-        rows = await self._select(request, request.limit + 1)
+        return self._page(request, await self._select(request, request.limit + 1))
+
+    async def query_counted(self, request: QueryRequest) -> tuple[QueryResponse, int | None]:
+        """:meth:`query`, and the rows the store examined to answer it where the backend can
+        count them while it runs (``None`` otherwise; :meth:`explain` then measures a sample).
+        """
+        rows, examined = await self._select_counted(request, request.limit + 1)
+        return self._page(request, rows), examined
+
+    async def explain(self, request: QueryRequest) -> QueryPlan:
+        """The store's plan for ``request`` (PostgreSQL runs it once to measure it: call this
+        for a sample, never for every query). Raises like :meth:`query`."""
+        return QueryPlan(self.backend, ["(this store does not explain its plans)"])
+
+    def _page(self, request: QueryRequest, rows: Sequence[Sequence[Any]]) -> QueryResponse:
         more = len(rows) > request.limit
         rows = rows[: request.limit]
         records = [self._render(row) for row in rows]
@@ -253,6 +284,12 @@ class CentralStore(ABC):
     @abstractmethod
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
         """Up to ``limit`` rows (:data:`ROW_COLUMNS`) matching ``request``, in ``rev`` order."""
+
+    async def _select_counted(
+        self, request: QueryRequest, limit: int
+    ) -> tuple[Sequence[Sequence[Any]], int | None]:
+        """:meth:`_select` and the rows examined, if this backend counts them (default: no)."""
+        return await self._select(request, limit), None
 
     @abstractmethod
     def _decode_data(self, raw: Any) -> dict[str, Any]:

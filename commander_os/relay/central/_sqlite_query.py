@@ -14,9 +14,13 @@ from commander_os.protocol import QueryRequest, decode_cursor, parse_field_path,
 from commander_os.protocol.sqlite_filters import filter_sql, json_path
 from commander_os.relay.central._base import ROW_COLUMNS
 
-__all__ = ["build_query"]
+__all__ = ["EXAMINED_FUNCTION", "build_query"]
 
 _SELECT = f"SELECT {ROW_COLUMNS} FROM records"
+#: A function of the reader connections that counts the rows a statement steps through. As
+#: the first term of the WHERE clause, over ``rev`` (the rowid, in every index), SQLite
+#: evaluates it for each index entry or row it visits, before any other filter rejects it.
+EXAMINED_FUNCTION = "cos_examined"
 
 
 def _identity_filters(request: QueryRequest, where: list[str], params: list[Any]) -> None:
@@ -42,15 +46,20 @@ def _identity_filters(request: QueryRequest, where: list[str], params: list[Any]
 
 
 def build_query(
-    request: QueryRequest, *, limit: int, valid_json_only: bool = False
+    request: QueryRequest,
+    *,
+    limit: int,
+    valid_json_only: bool = False,
+    count_rows: bool = False,
 ) -> tuple[str, list[Any]]:
     """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev.
 
     ``valid_json_only`` skips rows whose data is not valid JSON before the field filters run
     (SQLite's JSON functions fail the whole statement on one such row). It costs a validation
-    per row examined, so the store adds it only when a query met such a row.
+    per row examined, so the store adds it only when a query met such a row. ``count_rows``
+    calls :data:`EXAMINED_FUNCTION` on every row the statement examines (query analytics).
     """
-    where: list[str] = []
+    where: list[str] = [f"{EXAMINED_FUNCTION}(rev)"] if count_rows else []
     params: list[Any] = []
     _identity_filters(request, where, params)
     if not request.include_deleted:

@@ -41,6 +41,7 @@ from commander_os.relay.central._base import (
     HEALTH_PROBE_SECONDS,
     CentralStore,
     CentralStoreUnavailable,
+    QueryPlan,
     QueryTimeout,
 )
 from commander_os.relay.central._group_commit import (
@@ -53,7 +54,7 @@ from commander_os.relay.central._group_commit import (
 from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
-from commander_os.relay.central._sqlite_query import build_query
+from commander_os.relay.central._sqlite_query import EXAMINED_FUNCTION, build_query
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
 
@@ -302,6 +303,19 @@ class _Writer:
         return _Plan(inserts=inserts, live_delta=dict(live), applied=list(range(len(rows))))
 
 
+class _RowCounter:
+    """Counts the rows a statement examines (called by SQLite for each; see build_query)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, _rev: int) -> int:
+        self.rows += 1
+        return 1
+
+
 class SQLiteCentralStore(CentralStore):
     """The default central store: ``<directory>/central.db`` (see the module docstring).
 
@@ -410,6 +424,8 @@ class SQLiteCentralStore(CentralStore):
         if conn is None:
             conn = self._connect(writer=False)
             conn.set_progress_handler(self._over_budget, _PROGRESS_STEPS)
+            counter = self._local.counter = _RowCounter()
+            conn.create_function(EXAMINED_FUNCTION, 1, counter)
             self._local.conn = conn
             with self._lock:
                 self._reader_conns.append(conn)
@@ -454,18 +470,37 @@ class SQLiteCentralStore(CentralStore):
             raise CentralStoreUnavailable("central store is closed") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        rows: Sequence[Sequence[Any]] = await self._read(self._fetch_page, request, limit)
-        return rows
+        rows: tuple[list[tuple[Any, ...]], int] = await self._read(
+            self._fetch_page, request, limit, False
+        )
+        return rows[0]
 
-    def _fetch_page(self, request: QueryRequest, limit: int) -> list[tuple[Any, ...]]:
+    async def _select_counted(
+        self, request: QueryRequest, limit: int
+    ) -> tuple[Sequence[Sequence[Any]], int | None]:
+        counted: tuple[Sequence[Sequence[Any]], int] = await self._read(
+            self._fetch_page, request, limit, True
+        )
+        return counted
+
+    def _fetch_page(
+        self, request: QueryRequest, limit: int, count_rows: bool
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """One page of ``request`` and (with ``count_rows``) the rows examined, else 0."""
         try:
-            return self._fetch(*build_query(request, limit=limit))
+            return self._fetch_counted(*build_query(request, limit=limit, count_rows=count_rows))
         except db.OperationalError as exc:
             if not request.where or _MALFORMED_JSON not in str(exc):
                 raise
         # A row whose data is not JSON (stored by hand or by a bug) made a field filter fail:
         # such a row has no fields, so it matches no filter; the page goes on without it.
-        return self._fetch(*build_query(request, limit=limit, valid_json_only=True))
+        sql, params = build_query(request, limit=limit, valid_json_only=True, count_rows=count_rows)
+        return self._fetch_counted(sql, params)
+
+    async def explain(self, request: QueryRequest) -> QueryPlan:
+        sql, params = build_query(request, limit=request.limit + 1)
+        steps: list[str] = await self._read(self._fetch_plan, sql, params)
+        return QueryPlan(self.backend, steps)
 
     def _decode_data(self, raw: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(raw)
@@ -473,6 +508,22 @@ class SQLiteCentralStore(CentralStore):
 
     def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._reader().execute(sql, params).fetchall()
+
+    def _fetch_counted(self, sql: str, params: list[Any]) -> tuple[list[tuple[Any, ...]], int]:
+        conn = self._reader()
+        counter: _RowCounter = self._local.counter
+        counter.rows = 0
+        rows = conn.execute(sql, params).fetchall()
+        return rows, counter.rows
+
+    def _fetch_plan(self, sql: str, params: list[Any]) -> list[str]:
+        """``EXPLAIN QUERY PLAN`` details, indented by depth (it does not run the query)."""
+        depth: dict[int, int] = {0: -1}
+        steps = []
+        for node, parent, _, detail in self._reader().execute("EXPLAIN QUERY PLAN " + sql, params):
+            depth[node] = depth.get(parent, -1) + 1
+            steps.append("  " * depth[node] + str(detail))
+        return steps
 
     async def _agent_rows(self) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:
         rows: tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]] = await self._read(
