@@ -3,13 +3,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# LangChain's standard tests and LangGraph's conformance suite bring their own pytest plugins:
+# they get an environment and a pytest session of their own (tests/integrations/external).
+INTEGRATIONS_VENV ?= .venv-integrations
+IBIN := $(INTEGRATIONS_VENV)/bin
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test test-integrations lint typecheck bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $@
+
+$(IBIN)/.installed: pyproject.toml
+	test -x $(IBIN)/python || $(PYTHON) -m venv $(INTEGRATIONS_VENV)
+	$(IBIN)/python -m pip install --quiet --upgrade pip
+	$(IBIN)/python -m pip install --quiet -e '.[integration-tests]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -23,9 +33,13 @@ test: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	COMMANDER_OS_TEST_DATABASE_URL="$$(scripts/postgres-url)" $(BIN)/python -m pytest
+	$(MAKE) test-integrations
+
+test-integrations: $(IBIN)/.installed
+	$(IBIN)/python -m pytest -c tests/integrations/external/pytest.ini tests/integrations/external
 
 bench: $(BIN)/.installed
 	$(BIN)/commander-os bench
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEGRATIONS_VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "relay")
+AREAS = ("local", "sync", "relay", "integrations")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -66,6 +66,19 @@ def _areas(text: str) -> list[str]:
     return [area for area in AREAS if area in chosen]
 
 
+def _integrations(
+    sizes: Sizes, workdir: Path, *, server_cpu: int | None, log: Callable[[str], None]
+) -> list[Result]:
+    """The LangGraph integration beside LangGraph's own stores, when the extra is installed."""
+    try:
+        from benchmarks.integrations import SIZES as INTEGRATION_SIZES
+        from benchmarks.integrations import run_integrations
+    except ImportError as exc:  # the [langgraph] extra is missing
+        log(f"integrations: skipped ({exc.name} is not installed: pip install '.[langgraph]')")
+        return []
+    return run_integrations(INTEGRATION_SIZES[sizes.name], workdir, server_cpu=server_cpu, log=log)
+
+
 def run(
     sizes: Sizes,
     areas: Sequence[str],
@@ -92,6 +105,8 @@ def run(
             from benchmarks.sync import run_sync
 
             results += run_sync(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "integrations":
+            results += _integrations(sizes, area_dir, server_cpu=server, log=log)
         else:
             from benchmarks.relay import run_relay
 

@@ -59,30 +59,62 @@ def json_path(segments: Sequence[str | int]) -> str:
     """The SQLite JSON path of ``segments``: ``["a", "b c", 0]`` → ``$.a."b c"[0]``.
 
     Integer segments index arrays; string segments name object keys, quoted when they are not
-    plain identifiers (a ``"`` inside a key is not expressible in SQLite paths: ``ValueError``).
+    plain identifiers, so dots and brackets in a key are taken literally. SQLite's path syntax
+    has no escape for a double quote inside a quoted key, so such a key raises ``ValueError``
+    rather than silently addressing another field.
     """
     parts = ["$"]
     for segment in segments:
-        if isinstance(segment, int):
+        if isinstance(segment, int) and not isinstance(segment, bool):
+            if segment < 0:
+                raise ValueError(f"negative array index {segment} in a JSON path")
             parts.append(f"[{segment}]")
+        elif not isinstance(segment, str):
+            raise TypeError(f"JSON path segments are str or int, not {type(segment).__name__}")
         elif _PLAIN_SEGMENT.fullmatch(segment):
             parts.append(f".{segment}")
         elif '"' in segment:
-            raise ValueError(f"a JSON path segment cannot hold '\"': {segment!r}")
+            raise ValueError(f"a field name with a double quote cannot be filtered: {segment!r}")
         else:
             parts.append(f'."{segment}"')
     return "".join(parts)
 
 
 def _bindable(value: Any) -> Any:
-    """Integers outside SQLite's 64-bit range compare as floats (binding them would fail)."""
+    """Integers outside SQLite's 64-bit range are bound as the nearest float (binding them as
+    integers would fail): that is how SQLite stores such a number, so they compare as stored."""
     if (
         isinstance(value, int)
         and not isinstance(value, bool)
         and not _INT64_MIN <= value <= _INT64_MAX
     ):
-        return float("inf") if value > 0 else float("-inf")
+        return float(value)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool)) or _is_number(value)
+
+
+def _check(op: FilterOp, value: Any) -> None:
+    """``TypeError`` when ``value`` does not suit ``op`` (the relay's :class:`FieldFilter`
+    checks the same before a request gets here; local callers get the same guarantees)."""
+    if op in (FilterOp.EQ, FilterOp.NE, FilterOp.CONTAINS) and not _is_scalar(value):
+        raise TypeError(f"{op.value} compares with a JSON scalar, not {type(value).__name__}")
+    if op in _COMPARE and not (isinstance(value, str) or _is_number(value)):
+        raise TypeError(
+            f"{op.value} compares with a number or a string, not {type(value).__name__}"
+        )
+    if op is FilterOp.IN and not (
+        isinstance(value, (list, tuple)) and all(_is_scalar(v) for v in value)
+    ):
+        raise TypeError("in takes a list of JSON scalars")
+    if op is FilterOp.PREFIX and not isinstance(value, str):
+        raise TypeError("prefix takes a string")
 
 
 def _scalar_eq(path: str, value: Any) -> tuple[str, list[Any]]:
@@ -99,7 +131,7 @@ def _scalar_eq(path: str, value: Any) -> tuple[str, list[Any]]:
 
 def _in_list(path: str, values: list[Any]) -> tuple[str, list[Any]]:
     texts = [v for v in values if isinstance(v, str)]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numbers = [v for v in values if _is_number(v)]
     parts: list[str] = []
     params: list[Any] = []
     if texts:
@@ -141,7 +173,7 @@ def _predicate(path: str, op: FilterOp, value: Any) -> tuple[str, list[Any]]:
         template = _TEXT_CMP if isinstance(value, str) else _NUM_CMP
         return template.replace("{op}", _COMPARE[op]), [path, _bindable(value), path]
     if op is FilterOp.IN:
-        return _in_list(path, value)
+        return _in_list(path, list(value)) if value else ("0", [])
     if op is FilterOp.CONTAINS:
         return _contains(path, value)
     if op is FilterOp.EXISTS:
@@ -156,10 +188,17 @@ def filter_sql(
     """One filter on the JSON in ``column`` as an SQL predicate (0 or 1) and its parameters.
 
     ``path`` is a SQLite JSON path (see :func:`json_path`); ``value`` must suit ``op`` (as
-    :class:`~commander_os.protocol.FieldFilter` checks).
+    :class:`~commander_os.protocol.FieldFilter` checks). Raises ``ValueError`` for an unknown
+    operator and ``TypeError`` for a value the operator cannot take.
 
     >>> filter_sql("$.theme", "eq", "dark")[1]
     ['$.theme', 'dark', '$.theme']
     """
-    sql, params = _predicate(path, FilterOp(op), value)
+    try:
+        known = FilterOp(op)
+    except ValueError:
+        choices = ", ".join(o.value for o in FilterOp)
+        raise ValueError(f"unknown filter operator {op!r}; expected one of {choices}") from None
+    _check(known, value)
+    sql, params = _predicate(path, known, value)
     return sql.replace("{c}", column), params
