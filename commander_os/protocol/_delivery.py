@@ -61,6 +61,7 @@ __all__ = [
     "MAX_INCARNATION",
     "MAX_SEGMENTS",
     "MAX_SEQ",
+    "RELAY_KEEPALIVE_SECONDS",
     "DeliveryRequest",
     "DeliveryResponse",
     "Segment",
@@ -76,6 +77,9 @@ MAX_SEQ = 2**SEQ_BITS - 1
 MAX_INCARNATION = 2 ** (63 - SEQ_BITS) - 1
 #: Segments (agents) in one request at most.
 MAX_SEGMENTS = 1000
+#: How long the relay keeps an idle connection open. Clients keep theirs for less (two
+#: thirds), so a client never sends on a connection the relay is closing at that moment.
+RELAY_KEEPALIVE_SECONDS = 30.0
 
 Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 Incarnation = Annotated[int, Field(ge=0, le=MAX_INCARNATION)]

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from commander_os.config import LOOPBACK_NAMES, RelayConfig
 from commander_os.errors import ConfigError
+from commander_os.protocol import RELAY_KEEPALIVE_SECONDS
 from commander_os.relay._app import create_app
 from commander_os.relay._auth import load_secret
 from commander_os.relay._connections import guarded_protocol
@@ -124,6 +125,8 @@ async def _run_server(
             log_level=config.log_level,
             access_log=False,  # one log line per request would cost more than the request
             server_header=False,
+            # Longer than agents keep idle connections (protocol.RELAY_KEEPALIVE_SECONDS).
+            timeout_keep_alive=int(RELAY_KEEPALIVE_SECONDS),
             timeout_graceful_shutdown=int(MAX_WAIT_SECONDS) + 5,
             # Header and body deadlines, a header size cap and a connection bound (uvicorn has
             # none of the first three): see _connections.

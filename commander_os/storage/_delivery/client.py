@@ -22,7 +22,7 @@ import zstandard
 
 from commander_os.config import StorageConfig, read_token
 from commander_os.errors import RelayError, RelayProtocolError, RelayUnavailable
-from commander_os.protocol import SegmentAck
+from commander_os.protocol import RELAY_KEEPALIVE_SECONDS, SegmentAck
 from commander_os.storage._delivery._answers import (
     DEFAULT_MAX_RESPONSE_BYTES,
     check_acks,
@@ -34,9 +34,9 @@ __all__ = ["COMPRESS_OVER_BYTES", "KEEPALIVE_SECONDS", "AsyncRelayClient", "Rela
 
 #: Request bodies above this size travel zstd-compressed.
 COMPRESS_OVER_BYTES = 8192
-#: How long an idle connection is kept: below the relay's own keep-alive (30 s), so the client
-#: never sends on a connection the relay is closing ("Server disconnected").
-KEEPALIVE_SECONDS = 20.0
+#: How long an idle connection is kept: below the relay's own keep-alive, so the client never
+#: sends on a connection the relay is closing ("Server disconnected").
+KEEPALIVE_SECONDS = RELAY_KEEPALIVE_SECONDS * 2 / 3
 _JSON = {"content-type": "application/json"}
 _USER_AGENT = "commander-os-storage"
 
