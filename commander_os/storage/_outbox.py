@@ -40,6 +40,7 @@ __all__ = [
     "PendingChange",
     "SyncedTable",
     "ack",
+    "compacting",
     "dead_letter",
     "dead_letter_count",
     "drop_triggers",
@@ -426,9 +427,11 @@ def last_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute(SELECT_LAST_SEQ).fetchone()[0])
 
 
-def queue_size(conn: sqlite3.Connection) -> int:
-    """Number of changes some target has not acknowledged yet."""
-    return int(conn.execute(COUNT_PENDING, (floor(conn),)).fetchone()[0])
+def queue_size(conn: sqlite3.Connection, after_seq: int | None = None) -> int:
+    """Number of changes some target (or the target whose cursor is ``after_seq``) has not
+    acknowledged yet."""
+    start = floor(conn) if after_seq is None else after_seq
+    return int(conn.execute(COUNT_PENDING, (start,)).fetchone()[0])
 
 
 def dead_letter_count(conn: sqlite3.Connection) -> int:
@@ -436,9 +439,11 @@ def dead_letter_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute(COUNT_DEAD).fetchone()[0])
 
 
-def oldest_pending_time(conn: sqlite3.Connection) -> float | None:
-    """Unix time at which the oldest waiting change was written, or None if none waits."""
-    value = conn.execute(OLDEST_PENDING, (floor(conn),)).fetchone()[0]
+def oldest_pending_time(conn: sqlite3.Connection, after_seq: int | None = None) -> float | None:
+    """Unix time at which the oldest change waiting for some target (or for the target whose
+    cursor is ``after_seq``) was written, or None if none waits."""
+    start = floor(conn) if after_seq is None else after_seq
+    value = conn.execute(OLDEST_PENDING, (start,)).fetchone()[0]
     return None if value is None else float(value)
 
 
@@ -482,13 +487,17 @@ def dead_letter(
         conn.execute(MARK_ONE if seq == top else DELETE_ONE, (seq,))
 
 
+def compacting(conn: sqlite3.Connection) -> bool:
+    """Whether the queue keeps only each key's newest change (:func:`set_compaction`)."""
+    return conn.execute(HAS_COMPACTOR).fetchone() is not None
+
+
 def set_compaction(conn: sqlite3.Connection, on: bool) -> bool:
     """Keep only each key's newest change (``on``), or every change; True if it changed.
 
     Switching on also compacts what is queued. Call inside a write transaction.
     """
-    active = conn.execute(HAS_COMPACTOR).fetchone() is not None
-    if active == on:
+    if compacting(conn) == on:
         return False
     if on:
         conn.execute(COMPACT_NOW)

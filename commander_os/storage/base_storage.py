@@ -42,7 +42,7 @@ from commander_os.storage._closing import CloseResult, Closing
 from commander_os.storage._delivery import identity
 from commander_os.storage._delivery import targets as delivery_targets
 from commander_os.storage._delivery.shipper import Shipper
-from commander_os.storage._delivery.status import delivery_status
+from commander_os.storage._delivery.status import Backlog, backlogs, delivery_status
 from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
 from commander_os.storage._network_reads import Where, query_filters
@@ -339,7 +339,7 @@ class BaseStorage:
         for lane in link.lanes.values():
             lane.limit = min(lane.batch_size, batch_size or lane.batch_size)
         Shipper.for_process().flush(link, None, fail_fast=True)
-        acked = min(link.acked_positions(), default=0)
+        acked = link.quorum_position()
         with self._lock:
             dead = _dead_among(self._require_open(), seqs)
         return sum(1 for seq in seqs if seq <= acked) - dead
@@ -443,7 +443,9 @@ class BaseStorage:
 
         ``agent_id, local_db, htpc_enabled, sync_queue_size, timestamp`` as in the seed, and
         ``db_path, schema_version, durability, dead_letters, oldest_pending_age`` and, with
-        sync on, ``relay`` (url, reachable, last_sync, last_error).
+        sync on, ``relay`` (url, reachable, last_sync, last_error) and ``targets``: each central
+        store's cursor, queue, oldest pending age, last success and last error, with the names
+        of those behind in ``lagging_targets``.
         """
         health = seed_keys(self.agent_id, self.config.enable_htpc)
         health.update(
@@ -452,6 +454,7 @@ class BaseStorage:
             encrypted=self._encryption_key is not None,
         )
         cursors: dict[str, delivery_targets.Cursor] = {}
+        waiting: dict[str, Backlog] = {}
         try:
             with self._lock:
                 conn = self._require_open()
@@ -460,10 +463,11 @@ class BaseStorage:
                 health["conflict"] = identity.conflict(conn)
                 health["retired"] = identity.is_retired(conn)
                 cursors = delivery_targets.load(conn)
+                waiting = backlogs(conn, self._link, cursors)
         except HEALTH_ERRORS as exc:
             health["error"] = str(exc)
         if self._link is not None:
-            health.update(delivery_status(self._link, cursors))
+            health.update(delivery_status(self._link, cursors, waiting))
         return health
 
     # ---------------------------------------------------------------------------- backup
