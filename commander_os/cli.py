@@ -505,6 +505,104 @@ def _relay_import(
     )
 
 
+@relay_app.command("sync")
+def _relay_sync(
+    source: Annotated[
+        str, typer.Option("--from", help="URL of the relay whose records to copy in.")
+    ],
+    config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding a token the source relay accepts."),
+    ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state", help="Cursor file for resuming (default: in the relay's data folder)."
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Copy another relay's records (deletions too) into this relay's central store.
+
+    Idempotent (the highest version of each row wins) and resumable: a rerun continues after
+    the last page copied, then copies only what changed since. Use it to fill a new or wiped
+    replica from a healthy one; agents also re-ship their state to a relay that lost it.
+    """
+    import asyncio
+
+    from commander_os.config import load_relay_config
+    from commander_os.relay.central import store_for_config
+    from commander_os.relay.central._copy import (
+        CopyError,
+        CopyProgress,
+        copy_from_relay,
+        state_file,
+    )
+
+    relay_config = load_relay_config(
+        config, overrides={"agent_storage_dir": data_dir, "database_url": database_url}
+    )
+    try:
+        url = _check_source_url(source)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--from") from None
+    token = None
+    if token_file is not None:
+        if not token_file.is_file():
+            raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
+        token = token_file.read_text(encoding="utf-8").strip()
+    cursor_path = state or state_file(relay_config.agent_storage_dir, url)
+    store = store_for_config(relay_config)
+
+    def report(progress: CopyProgress) -> None:
+        if not json_output:
+            rate = progress.records / progress.seconds if progress.seconds else 0.0
+            err_console.print(
+                f"copied {progress.records} record(s) from {url} ({rate:,.0f}/s): "
+                f"{progress.applied} applied, {progress.ignored} already here",
+                highlight=False,
+            )
+
+    async def run() -> CopyProgress:
+        async with store:
+            return await copy_from_relay(
+                store, url, token=token, state=cursor_path, on_progress=report
+            )
+
+    try:
+        result = asyncio.run(run())
+    except CopyError as exc:
+        err_console.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    summary = {
+        "source": url,
+        "records": result.records,
+        "applied": result.applied,
+        "already_here": result.ignored,
+        "damaged": result.damaged,
+        "seconds": round(result.seconds, 3),
+        "state": str(cursor_path),
+    }
+    if json_output:
+        console.print_json(data=summary)
+    else:
+        console.print(
+            f"copied {result.records} record(s) from {url} into {store.backend}: "
+            f"{result.applied} applied, {result.ignored} already here"
+            + (f", {result.damaged} damaged at the source (left out)" if result.damaged else ""),
+            highlight=False,
+        )
+
+
+def _check_source_url(url: str) -> str:
+    from commander_os.config import StorageConfig
+
+    return StorageConfig(htpc_url=url).htpc_url
+
+
 # ------------------------------------------------------------------------------- token
 
 SecretFileOpt = Annotated[

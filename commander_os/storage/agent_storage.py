@@ -232,13 +232,16 @@ class AgentStorage(BaseStorage):
             return conn.execute(from_sql, (prefix,))
         return conn.execute(range_sql, (prefix, end))
 
-    def get_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
+    def get_remote(
+        self, agent_id: str, key: str, default: Any = None, *, target: str | None = None
+    ) -> Any:
         """The value another agent stored under ``key``, read from the relay.
 
         ``default`` when that agent has no such key on the relay (or deleted it). Raises
-        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked. With
+        ``replicate_to``, read from the first healthy target, or from ``target``.
         """
-        record = self.get_network_record(agent_id, KV_TABLE, validate_key(key))
+        record = self.get_network_record(agent_id, KV_TABLE, validate_key(key), target=target)
         if record is None or record.get("data") is None:
             return default
         return record["data"]["value"]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 from commander_os import _sqlite as db
 from commander_os._files import make_private_dir
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
-from commander_os.errors import ConfigError, RelayError, StorageClosed
+from commander_os.errors import ConfigError, RelayError, RelayUnavailable, StorageClosed
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage import _fork
 from commander_os.storage import _outbox as outbox
@@ -115,6 +115,8 @@ class BaseStorage:
         self._closing = False
         self._link: StoreLink | None = None
         self._relay: RelayClient | None = None
+        #: Clients of the other targets (``replicate_to``), for reads that fall back to them.
+        self._replica_readers: dict[str, RelayClient] = {}
         self._encryption_key = read_encryption_key(self.config)
         make_private_dir(self.data_dir)  # 0700: other users must not read the store
         self._conn = self._open_connection()
@@ -408,12 +410,16 @@ class BaseStorage:
         include_deleted: bool = False,
         page_size: int = 100,
         max_records: int | None = None,
+        target: str | None = None,
     ) -> list[dict[str, Any]]:
         """Query every agent's data on the relay (``/relay/query``), following cursors.
 
         ``where`` clauses are ``{"field": "value.theme", "op": "eq", "value": "dark"}`` dicts
         or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
-        key, data, version, ts, deleted``). Raises :class:`~commander_os.errors.RelayError`.
+        key, data, version, ts, deleted``). With ``replicate_to`` the query goes to the first
+        healthy target and falls back to the next one that answers; ``target`` (the URL of
+        one of its relays) names the one to ask. Raises
+        :class:`~commander_os.errors.RelayError` when no target can answer.
         """
         filters = query_filters(
             agent_id=agent_id,
@@ -425,16 +431,61 @@ class BaseStorage:
             include_deleted=include_deleted,
             page_size=page_size,
         )
-        return list(self.relay.query_all(max_records=max_records, **filters))
+        failures: list[RelayUnavailable] = []
+        for client in self._read_clients(target):
+            try:
+                # Whole, or again from the start on the next target: a cursor of one central
+                # store means nothing to another.
+                return list(client.query_all(max_records=max_records, **filters))
+            except RelayUnavailable as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise RelayUnavailable(
+            "no target could answer: " + "; ".join(str(exc) for exc in failures)
+        ) from failures[-1]
 
-    def get_network_record(self, agent_id: str, table: str, key: str) -> dict[str, Any] | None:
+    def get_network_record(
+        self, agent_id: str, table: str, key: str, *, target: str | None = None
+    ) -> dict[str, Any] | None:
         """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
 
         None when the relay holds no such row or holds its deletion. Raises
-        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked. ``target`` as
+        in :meth:`query_network`.
         """
-        records = self.query_network(agent_id=agent_id, table=table, key=key, max_records=1)
+        records = self.query_network(
+            agent_id=agent_id, table=table, key=key, max_records=1, target=target
+        )
         return records[0] if records else None
+
+    def _read_clients(self, target: str | None) -> list[RelayClient]:
+        """The clients a network read tries, in order: ``target``'s alone, or every target's,
+        those whose deliveries succeed first (configuration order otherwise)."""
+        stores = delivery_targets.config_targets(self.config)
+        if target is not None:
+            wanted = target.rstrip("/")
+            stores = [store for store in stores if wanted in store.urls]
+            if not stores:
+                names = ", ".join(t.name for t in delivery_targets.config_targets(self.config))
+                raise ValueError(f"target {target!r} is not one of this store's ({names})")
+        link = self._link
+        if link is not None and target is None:
+            failing = {name for name, lane in link.lanes.items() if lane.failures}
+            stores.sort(key=lambda store: store.name in failing)  # stable: config order kept
+        return [self._reader(store) for store in stores]
+
+    def _reader(self, store: delivery_targets.Target) -> RelayClient:
+        if store.name == self.config.relay_urls()[0]:
+            return self.relay
+        with self._lock:
+            client = self._replica_readers.get(store.name)
+            if client is None:
+                from commander_os.storage._delivery.client import RelayClient
+
+                client = RelayClient.from_config(self.config, urls=list(store.urls))
+                self._replica_readers[store.name] = client
+            return client
 
     # ---------------------------------------------------------------------------- health
 
@@ -522,8 +573,10 @@ class BaseStorage:
             result = self._flush_before_close(link)
             Shipper.for_process().detach(link)
         relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.close()
+        readers, self._replica_readers = list(self._replica_readers.values()), {}
+        for client in [relay, *readers]:
+            if client is not None:
+                client.close()
         with self._lock:
             self._closed = True
             self._conn.close()

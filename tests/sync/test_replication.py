@@ -7,9 +7,12 @@ duplicates 0, per-agent order kept) are printed and asserted as in the fault sui
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +28,7 @@ from sync_helpers import (
 )
 
 from commander_os.config import StorageConfig, load_storage_config
-from commander_os.errors import ConfigError
+from commander_os.errors import ConfigError, RelayUnavailable
 from commander_os.relay._process import RelayProcess
 from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage._delivery.targets import config_targets
@@ -302,3 +305,103 @@ def test_quorum_all_waits_for_every_target_then_returns_when_it_is_back(
     assert done.wait(WAIT)
     assert on_relays(urls, "all", "k") == 3
     assert store.get_sync_queue_size() == 0
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def test_reads_fall_back_to_the_next_target_and_can_name_one(
+    relays: list[RelayProcess], make_agent: MakeAgent
+) -> None:
+    urls = [relay.url for relay in relays]
+    writer = make_agent("reads-writer", urls[0], replicate_to=urls[1:], sync_quorum="all")
+    writer.set("k", {"n": 1})
+    assert writer.wait_for_sync(WAIT)
+    reader = make_agent("reads-reader", urls[0], replicate_to=urls[1:], close_timeout=0)
+    assert reader.get_remote("reads-writer", "k") == {"n": 1}
+    relays[0].kill()
+    # The first target is away: the same reads come from the next one.
+    assert reader.get_remote("reads-writer", "k") == {"n": 1}
+    records = reader.query_network(agent_id="reads-writer", table="kv")
+    assert [r["key"] for r in records] == ["k"]
+    assert reader.get_remote("reads-writer", "k", target=urls[2]) == {"n": 1}
+    with pytest.raises(RelayUnavailable):
+        reader.get_remote("reads-writer", "k", target=urls[0])
+    with pytest.raises(ValueError, match="not one of this store's"):
+        reader.query_network(target="http://127.0.0.1:1")
+    for relay in relays[1:]:
+        relay.kill()
+    with pytest.raises(RelayUnavailable, match="no target could answer"):
+        reader.get_remote("reads-writer", "k")
+
+
+# ------------------------------------------------------------------- relay sync --from
+
+
+def relay_dump(url: str) -> dict[tuple[str, str, str], tuple[object, int, bool]]:
+    """Every record of a relay, deletions included: ``(agent, table, key) -> (data, version,
+    deleted)``."""
+    with RelayClient(url, timeout=WAIT) as client:
+        return {
+            (r["agent_id"], r["table"], r["key"]): (r["data"], r["version"], r["deleted"])
+            for r in client.query_all(include_deleted=True, limit=1000)
+        }
+
+
+def relay_sync(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "commander_os", "relay", "sync", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_relay_sync_copies_one_relay_into_another_idempotently_and_resumably(
+    relays: list[RelayProcess], make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    source, target = relays[0], relays[1]
+    store = make_agent("copied", source.url)
+    store.set_many({f"k{i:04d}": {"n": i} for i in range(2500)})
+    for i in range(0, 2500, 10):
+        store.delete(f"k{i:04d}")
+    assert store.wait_for_sync(WAIT)
+    target.stop()  # the copy writes into its central store, as an operator would offline
+    result = relay_sync("--from", source.url, "--data-dir", str(target.data_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["records"] == summary["applied"] == 2500
+    state = Path(summary["state"])
+    assert state.is_file()
+    # A rerun copies only what changed since, and what it copies again changes nothing.
+    store.set("k0001", {"n": "changed"})
+    assert store.wait_for_sync(WAIT)
+    again = json.loads(
+        relay_sync("--from", source.url, "--data-dir", str(target.data_dir), "--json").stdout
+    )
+    assert (again["records"], again["applied"]) == (1, 1)
+    # From scratch (no cursor): every record is already there.
+    state.unlink()
+    fresh = json.loads(
+        relay_sync("--from", source.url, "--data-dir", str(target.data_dir), "--json").stdout
+    )
+    assert (fresh["applied"], fresh["already_here"]) == (0, 2500)
+    target.start()
+    copied = relay_dump(target.url)
+    assert copied == relay_dump(source.url)
+    assert sum(deleted for _, _, deleted in copied.values()) == 250
+
+
+def test_relay_sync_refuses_a_bad_source_and_changes_nothing(
+    relays: list[RelayProcess], tmp_path: Path
+) -> None:
+    result = relay_sync("--from", "http://127.0.0.1:8O01", "--data-dir", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "not a valid URL" in result.stderr
+    result = relay_sync(
+        "--from", f"http://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "y")
+    )
+    assert result.returncode == 1
+    assert "unreachable" in result.stderr
+    assert not list((tmp_path / "y").glob("*.cursor"))
