@@ -20,12 +20,19 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from commander_os.errors import RelayAuthError, RelayError, RelayRejected, RelayUnavailable
+from commander_os.errors import (
+    RelayAuthError,
+    RelayError,
+    RelayRejected,
+    RelayUnavailable,
+    StorageClosed,
+)
 from commander_os.protocol import SegmentAck, Verdict, segment_json
 from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage._delivery.lane import Lane, Piece, PieceKind
@@ -187,7 +194,8 @@ class Route:
         self._next_poll = now + self.settings.poll_interval
         changed = False
         for link in {lane.link for lane in self._snapshot()}:
-            changed |= self._poll(link, now)
+            with suppress(StorageClosed):  # closed since the snapshot
+                changed |= self._poll(link, now)
         return changed
 
     def _poll(self, link: StoreLink, now: float) -> bool:
@@ -216,7 +224,10 @@ class Route:
         for lane in lanes[start:] + lanes[:start]:
             if room <= 0 or not lane.ready(now) or (lane.solo and items):
                 continue
-            pieces = self._pieces(lane, room)
+            try:
+                pieces = self._pieces(lane, room)
+            except StorageClosed:
+                continue  # closed since the snapshot: its close removes the lane
             if not pieces:
                 continue
             items.append((lane, pieces))
@@ -338,8 +349,9 @@ class Route:
         self._reached()
         answers = dict(zip(map(id, request.segments), acks, strict=True))
         for lane, pieces in request.items:
-            for piece in pieces:
-                self._verdict(lane, piece, answers[id(piece.segment)])
+            with suppress(StorageClosed):  # closed meanwhile: its next open resends
+                for piece in pieces:
+                    self._verdict(lane, piece, answers[id(piece.segment)])
 
     def _verdict(self, lane: Lane, piece: Piece, ack: SegmentAck) -> None:
         link = lane.link
