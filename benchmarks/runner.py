@@ -24,7 +24,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "relay", "integrations")
+AREAS = ("local", "sync", "replication", "relay", "integrations")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -105,6 +105,10 @@ def run(
             from benchmarks.sync import run_sync
 
             results += run_sync(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "replication":
+            from benchmarks.replication import run_replication
+
+            results += run_replication(sizes, area_dir, server_cpu=server, log=log)
         elif area == "integrations":
             results += _integrations(sizes, area_dir, server_cpu=server, log=log)
         else:

@@ -586,17 +586,34 @@ class BaseStorage:
     def _flush_before_close(self, link: StoreLink) -> CloseResult:
         before = self.get_sync_queue_size()
         with suppress(RelayError):  # reported below, with what stays queued
-            Shipper.for_process().flush(link, self.config.close_timeout)
+            Shipper.for_process().flush(link, self.config.close_timeout, every_target=True)
         pending = self.get_sync_queue_size()
         if pending:
-            errors = [lane.last_error for lane in link.lanes.values() if lane.last_error]
-            _log.warning(
-                "agent %s: closed with %d changes still queued (%s); they ship the next time "
-                "the store opens",
-                self.agent_id,
-                pending,
-                errors[0] if errors else f"not acknowledged within {self.config.close_timeout} s",
+            with self._lock:
+                top = outbox.last_seq(self._require_open())
+            behind = link.behind(top)
+            errors = [lane.last_error for lane in behind or link.lanes.values() if lane.last_error]
+            reason = (
+                errors[0] if errors else f"not acknowledged within {self.config.close_timeout} s"
             )
+            if link.acknowledged(top) and behind:
+                _log.warning(
+                    "agent %s: closed with every change on %d target(s) (sync_quorum); %d "
+                    "changes still queued for %s (%s) ship the next time the store opens",
+                    self.agent_id,
+                    self.config.quorum_size(),
+                    pending,
+                    ", ".join(lane.target for lane in behind),
+                    reason,
+                )
+            else:
+                _log.warning(
+                    "agent %s: closed with %d changes still queued (%s); they ship the next "
+                    "time the store opens",
+                    self.agent_id,
+                    pending,
+                    reason,
+                )
         return CloseResult(shipped=max(0, before - pending), pending=pending)
 
     def __enter__(self) -> Self:

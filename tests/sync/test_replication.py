@@ -405,3 +405,24 @@ def test_relay_sync_refuses_a_bad_source_and_changes_nothing(
     assert result.returncode == 1
     assert "unreachable" in result.stderr
     assert not list((tmp_path / "y").glob("*.cursor"))
+
+
+def test_close_ships_to_every_target_that_answers_not_only_a_quorum(
+    relays: list[RelayProcess], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    urls = [relay.url for relay in relays]
+    store = AgentStorage(
+        "closing", tmp_path / "closing", htpc_url=urls[0], replicate_to=urls[1:], enable_htpc=True
+    )
+    store.set_many({f"k{i}": i for i in range(300)})
+    store.close()
+    for url in urls:
+        assert len(live_records(url, ["closing"])) == 300, url
+    relays[2].kill()
+    store = AgentStorage(
+        "closing", tmp_path / "closing", htpc_url=urls[0], replicate_to=urls[1:], enable_htpc=True
+    )
+    store.set("late", 1)
+    store.close()  # a majority holds it: the target that is away gets it next time
+    assert on_relays(urls[:2], "closing", "late") == 2
+    assert f"still queued for {urls[2]}" in caplog.text

@@ -297,6 +297,17 @@ class StoreLink:
             cursors = targets.load(conn).values()
         return [0 if cursor.repair else cursor.acked for cursor in cursors]
 
+    def behind(self, seq: int) -> list[Lane]:
+        """The lanes (of a store this process ships) whose target lacks something up to
+        ``seq``."""
+        if not self.active:
+            return []
+        return [
+            lane
+            for lane in self.lanes.values()
+            if lane.needs_repair or lane.repair is not None or lane.acked < seq
+        ]
+
     def quorum_position(self) -> int:
         """The seq that ``sync_quorum`` targets have acknowledged: what counts as delivered
         (-1 without targets: nothing is)."""

@@ -159,16 +159,26 @@ class Shipper:
         *,
         fail_fast: bool = False,
         progress: Callable[[], object] | None = None,
+        every_target: bool = False,
     ) -> bool:
         """Ship everything queued now; True once ``sync_quorum`` targets acknowledged it.
 
         Retries quickly (not with the usual backoff) until ``timeout``. With ``fail_fast`` a
         failed attempt raises its :class:`RelayError` at once when the targets still answering
-        cannot make a quorum.
+        cannot make a quorum. With ``every_target`` (closing) it goes on past the quorum until
+        every target that answers has it too.
         """
         with link.reading() as conn:
             top = outbox.last_seq(conn)
-        if link.acknowledged(top) or not link.lanes:
+
+        def delivered() -> bool:
+            if not link.acknowledged(top):
+                return False
+            # Past the quorum, wait only for targets that answer: one that is away gets the
+            # rest when the store opens again.
+            return not every_target or all(lane.failures for lane in link.behind(top))
+
+        if delivered() or not link.lanes:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = {name: lane.failures for name, lane in link.lanes.items()}
@@ -177,7 +187,7 @@ class Shipper:
             lane.dirty = True
             lane.route.wake()
         try:
-            while not link.acknowledged(top):
+            while not delivered():
                 if not self.background:
                     self.step()
                 if progress is not None:
