@@ -215,6 +215,8 @@ class StorageConfig(_Settings):
     #: Open the database even if its path is a symbolic link (refused by default: a link
     #: planted there would send every write elsewhere).
     follow_symlinks: bool = False
+    #: Folder of the backups; None: ``backups`` beside the store's database.
+    backup_dir: Path | None = None
 
     @field_validator("htpc_url")
     @classmethod
