@@ -215,6 +215,10 @@ class StorageConfig(_Settings):
     #: Open the database even if its path is a symbolic link (refused by default: a link
     #: planted there would send every write elsewhere).
     follow_symlinks: bool = False
+    #: Seconds between two automatic backups of an open store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Backups kept per agent in its backup folder (older ones go after each automatic one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
     #: Folder of the backups; None: ``backups`` beside the store's database.
     backup_dir: Path | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import zstandard
 from commander_os import _archive
 from commander_os.errors import BackupError, StorageError
 from commander_os.storage import backups
+from commander_os.storage._scheduler import BackupScheduler
 from commander_os.storage.agent_storage import AgentStorage
 
 MakeStorage = Callable[..., AgentStorage]
@@ -190,3 +192,76 @@ def test_plain_copies_are_unchanged(make_storage: MakeStorage, tmp_path: Path) -
     copy = storage.backup(tmp_path / "plain.db")
     assert copy.read_bytes().startswith(b"SQLite format 3\x00")
     shutil.copy(copy, tmp_path / "x.db")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_scheduled_backups_keep_the_newest(make_storage: MakeStorage, tmp_path: Path) -> None:
+    clock = FakeClock()
+    scheduler = BackupScheduler(clock=clock, background=False)
+    storage = make_storage("bk-agent", backup_dir=tmp_path / "auto", backup_keep=3)
+    storage.config = storage.config.model_copy(update={"backup_interval": 3600.0})
+    scheduler.add(storage)
+    assert len(scheduler.run_due()) == 1  # none yet: the first one at once
+    assert scheduler.run_due() == []
+    made = []
+    for hour in range(1, 6):
+        storage.set("hour", hour)
+        clock.now += 1800
+        assert scheduler.run_due() == []
+        clock.now += 1800
+        [path] = scheduler.run_due()
+        made.append(path)
+    kept = backups.list_backups(tmp_path / "auto", agent_id="bk-agent")
+    assert [info.path for info in kept] == made[:-4:-1]  # the newest three
+    assert all(backups.verify_backup(info).ok for info in kept)
+
+    # A new process picks the rhythm up from the newest backup, not from zero.
+    again = BackupScheduler(clock=clock, background=False)
+    again.add(storage)
+    assert again.run_due() == []
+    clock.now += 3600
+    assert len(again.run_due()) == 1
+    scheduler.remove(storage)
+    again.remove(storage)
+    clock.now += 10 * 3600
+    assert again.run_due() == []
+
+
+def test_a_store_with_an_interval_joins_the_process_scheduler(
+    make_storage: MakeStorage, tmp_path: Path
+) -> None:
+    storage = make_storage("bk-timed", backup_dir=tmp_path / "timed", backup_interval=3600)
+    scheduler = BackupScheduler.for_process()
+    assert id(storage) in scheduler._stores
+    deadline = time.monotonic() + 30
+    while not backups.list_backups(tmp_path / "timed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(backups.list_backups(tmp_path / "timed")) == 1  # the first one at once
+    storage.close()
+    assert id(storage) not in scheduler._stores
+
+
+def test_a_failed_scheduled_backup_is_retried(
+    make_storage: MakeStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    scheduler = BackupScheduler(clock=clock, background=False)
+    storage = make_storage("bk-agent", backup_dir=tmp_path / "auto")
+    storage.config = storage.config.model_copy(update={"backup_interval": 3600.0})
+    scheduler.add(storage)
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_archive, "write_archive", full)
+    assert scheduler.run_due() == []
+    monkeypatch.undo()
+    clock.now += 61
+    assert len(scheduler.run_due()) == 1

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,14 +169,19 @@ def _storage_class(storage: BaseStorage) -> str:
 
 
 def create_backup(
-    storage: BaseStorage, target: Path | str | None = None, *, progress: Progress = _ignore
+    storage: BaseStorage,
+    target: Path | str | None = None,
+    *,
+    progress: Progress = _ignore,
+    created: datetime | None = None,
 ) -> BackupInfo:
     """Back up the open ``storage`` into ``target``: a folder (default: its backup folder) or
     a file name ending in ``.db.zst``. Returns the backup.
 
     The store's pages are copied under its lock (writers wait only for the copy, not for the
-    compression). Raises :class:`~commander_os.errors.StorageClosed` if closed,
-    ``FileExistsError`` if the file exists.
+    compression). ``created`` is the time the manifest states (default: now). Raises
+    :class:`~commander_os.errors.StorageClosed` if closed, ``FileExistsError`` if the file
+    exists.
     """
     folder, name = _target(storage, target)
     make_private_dir(folder)
@@ -186,6 +191,8 @@ def create_backup(
         with storage.shipping_connection() as conn:
             _archive.copy_database(conn, copy, encryption_key=key, progress=progress)
         manifest = _manifest_of(copy, storage.agent_id, key, _storage_class(storage))
+        if created is not None:
+            manifest = replace(manifest, created=created.isoformat())
         out = folder / (name or backup_name(storage.agent_id, manifest.created_at))
         manifest = _archive.write_archive(copy, out, manifest, progress=progress)
     return BackupInfo(out, manifest, out.stat().st_size)

@@ -48,6 +48,7 @@ from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
 from commander_os.storage._network_reads import Where, query_filters
 from commander_os.storage._outbox import SyncedTable
+from commander_os.storage._scheduler import BackupScheduler
 
 if TYPE_CHECKING:
     from typing import Self
@@ -128,6 +129,8 @@ class BaseStorage:
         _fork.track(self)
         if self.config.enable_htpc:
             self._start_shipping()
+        if self.config.backup_interval:
+            BackupScheduler.for_process().add(self)
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -561,6 +564,8 @@ class BaseStorage:
             future.set_exception(exc)
 
     def _shut_down(self) -> CloseResult:
+        if self.config.backup_interval:
+            BackupScheduler.for_process().remove(self)
         link, self._link = self._link, None
         result = CloseResult()
         if link is not None:
