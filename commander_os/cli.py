@@ -19,6 +19,7 @@ from rich.table import Table
 
 from commander_os import __version__
 from commander_os._cli_backup import register as register_backup_commands
+from commander_os._cli_relay import register as register_relay_backup_commands
 from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
 __all__ = ["app", "main", "run_relay_command"]
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
+register_relay_backup_commands(relay_app)
 token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 register_backup_commands(app)

@@ -328,6 +328,12 @@ class RelayConfig(_Settings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     #: Agents exported one by one in ``/metrics`` (the rest are summed as agent="other").
     metrics_max_agents: int = Field(default=50, ge=1, le=10_000)
+    #: Seconds between two online backups of the SQLite central store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Relay backups kept in ``backup_dir`` (older ones go after each scheduled one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
+    #: Folder of the relay's backups; None: ``backups`` in ``agent_storage_dir``.
+    backup_dir: Path | None = None
 
     @field_validator("host")
     @classmethod

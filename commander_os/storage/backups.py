@@ -270,6 +270,15 @@ def _identity_of(conn: sqlite3.Connection) -> tuple[int, int, int]:
     return identity.incarnation(conn), outbox.last_seq(conn), current_version(conn)
 
 
+def _relay_identity_of(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    # A relay's central store, read without importing the relay side: its newest revision
+    # and its schema version (PRAGMA user_version).
+    if conn.execute(outbox.TABLE_EXISTS, ("records",)).fetchone() is None:
+        raise BackupError("not a central store (it has no records table)")
+    last = int(conn.execute("SELECT ifnull(max(rev), 0) FROM records").fetchone()[0])
+    return 0, last, int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
 # ------------------------------------------------------------------------------ listing
 
 
@@ -346,11 +355,9 @@ def _check(copy: Path, manifest: Manifest, key: str | None) -> Iterator[str]:
     if verdict != "ok":
         yield f"integrity_check: {verdict}"
         return
-    if manifest.kind != "agent":
-        return  # a relay backup: checked by the relay side's own verify
     conn = db.open_file(copy, encryption_key=key, read_only=True)
     try:
-        found = _identity_of(conn)
+        found = _identity_of(conn) if manifest.kind == "agent" else _relay_identity_of(conn)
     except BackupError as exc:
         yield str(exc)
         return

@@ -244,3 +244,56 @@ def test_restore_from_relay_command_rebuilds_the_recruiter(
     bad = cli("restore", "hiring", "--from-relay", relay.url, "--storage-class", "nope:X")
     assert bad.returncode == 2
     assert "cannot load" in bad.stderr
+
+
+# ------------------------------------------------------------------------------ relay
+
+
+def test_relay_backup_restore_is_repaired_by_the_agents(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    agent, live, out = "relay-drill", tmp_path / "agents" / "relay-drill", tmp_path / "rb"
+    data = str(relay.data_dir)
+    with open_store(live, agent, relay.url) as store:
+        store.set_many({f"k{i}": "before" for i in range(50)})
+        assert store.wait_for_sync(WAIT)
+        made = cli("relay", "backup", "--data-dir", data, "--out", str(out), "--json")
+        assert made.returncode == 0, made.stderr
+        backup = orjson.loads(made.stdout)
+        assert backup["kind"] == "relay"
+        store.set_many({f"k{i}": "after" for i in range(25, 75)})
+        store.delete("k0")
+        assert store.wait_for_sync(WAIT)
+    assert cli("backup", "verify", backup["path"]).returncode == 0
+    ok = cli("relay", "verify", "--relay", relay.url, "--data-dir", str(tmp_path / "agents"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    relay.stop()
+    refused = cli("relay", "restore", backup["path"], "--data-dir", data)
+    assert refused.returncode == 1
+    assert "--force" in refused.stderr
+    restored = cli("relay", "restore", backup["path"], "--data-dir", data, "--force")
+    assert restored.returncode == 0, restored.stderr
+    relay.restart()
+    behind = cli("relay", "verify", "--relay", relay.url, "--data-dir", str(tmp_path / "agents"))
+    assert behind.returncode == 1  # the restored relay lacks what came after its backup
+    assert "relay-drill" in behind.stderr
+
+    with open_store(live, agent, relay.url) as store:
+        store.set("new", "after the relay restore")
+        assert store.wait_for_sync(WAIT)
+        expected = store.list_all()
+    dump = {key: value for key, value in relay_dump(relay.url, agent).items() if value is not None}
+    assert dump == expected  # repaired by the agent, deletion included
+    again = cli("relay", "verify", "--relay", relay.url, "--data-dir", str(tmp_path / "agents"))
+    assert again.returncode == 0, again.stderr
+    other = RelayProcess(data_dir=tmp_path / "other")
+    other.start()
+    try:
+        differs = cli("relay", "verify", "--relay", relay.url, "--other", other.url, "--json")
+        assert differs.returncode == 1
+        assert orjson.loads(differs.stdout)["differences"][0]["agent_id"] == agent
+        same = cli("relay", "verify", "--relay", relay.url, "--other", relay.url)
+        assert same.returncode == 0
+    finally:
+        other.stop()
