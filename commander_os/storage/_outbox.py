@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from commander_os.identifiers import validate_table_name
+from commander_os.storage._values import unpack
 
 __all__ = [
     "INTERNAL_SCHEMA",
@@ -381,7 +382,9 @@ def _decoded(
         data = dict(zip(names, values, strict=True))
         for column in table.json_columns:
             value = data.get(column)
-            if isinstance(value, (str, bytes)):
+            if isinstance(value, bytes):
+                data[column] = decode(unpack(value))  # a large value, compressed at rest
+            elif isinstance(value, str):
                 data[column] = decode(value)
         for name, value in data.items():
             if isinstance(value, bytes):

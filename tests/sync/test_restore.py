@@ -151,6 +151,7 @@ def _kv(store: AgentStorage) -> None:
             "list": [1, "two", [3.0], {"four": None}],
             "dict": {"z": 1, "a": {"nested": [True, False]}},
             "empty": {},
+            "large": {"memory": "the user asked about the plan again. " * 400},
         }
     )
     store.set("gone", 1)
