@@ -619,7 +619,7 @@ def _bench(
     full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
-    ] = "local,sync,relay",
+    ] = "local,sync,relay,footprint",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here.")
     ] = None,
