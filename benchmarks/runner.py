@@ -24,7 +24,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "replication", "relay", "integrations")
+AREAS = ("local", "sync", "replication", "relay", "integrations", "footprint")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -111,6 +111,10 @@ def run(
             results += run_replication(sizes, area_dir, server_cpu=server, log=log)
         elif area == "integrations":
             results += _integrations(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "footprint":
+            from benchmarks.footprint import run_footprint
+
+            results += run_footprint(sizes, area_dir, server_cpu=server, log=log)
         else:
             from benchmarks.relay import run_relay
 

@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
+from commander_os._cli_backup import register as register_backup_commands
+from commander_os._cli_relay import register as register_relay_backup_commands
 from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
 __all__ = ["app", "main", "run_relay_command"]
@@ -31,8 +33,10 @@ app = typer.Typer(
 )
 relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
+register_relay_backup_commands(relay_app)
 token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+register_backup_commands(app)
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -713,7 +717,7 @@ def _bench(
     full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
-    ] = "local,sync,relay",
+    ] = "local,sync,relay,footprint",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here.")
     ] = None,

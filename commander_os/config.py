@@ -226,6 +226,12 @@ class StorageConfig(_Settings):
     #: Open the database even if its path is a symbolic link (refused by default: a link
     #: planted there would send every write elsewhere).
     follow_symlinks: bool = False
+    #: Seconds between two automatic backups of an open store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Backups kept per agent in its backup folder (older ones go after each automatic one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
+    #: Folder of the backups; None: ``backups`` beside the store's database.
+    backup_dir: Path | None = None
 
     @field_validator("htpc_url")
     @classmethod
@@ -378,6 +384,12 @@ class RelayConfig(_Settings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     #: Agents exported one by one in ``/metrics`` (the rest are summed as agent="other").
     metrics_max_agents: int = Field(default=50, ge=1, le=10_000)
+    #: Seconds between two online backups of the SQLite central store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Relay backups kept in ``backup_dir`` (older ones go after each scheduled one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
+    #: Folder of the relay's backups; None: ``backups`` in ``agent_storage_dir``.
+    backup_dir: Path | None = None
 
     @field_validator("host")
     @classmethod

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from commander_os.identifiers import validate_table_name
+from commander_os.storage._values import unpack
 
 __all__ = [
     "INTERNAL_SCHEMA",
@@ -47,11 +48,13 @@ __all__ = [
     "floor",
     "has_row",
     "install_triggers",
+    "key_values",
     "last_seq",
     "load_changes",
     "oldest_pending_time",
     "pending",
     "queue_size",
+    "quote",
     "record_failure",
     "register_table",
     "registered_tables",
@@ -207,8 +210,12 @@ class PendingChange(NamedTuple):
         return self.seqs[-1]
 
 
-def _quote(identifier: str) -> str:
+def quote(identifier: str) -> str:
+    """``identifier`` as a quoted SQL identifier."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+_quote = quote
 
 
 def _trigger_sql(table: SyncedTable) -> list[str]:
@@ -376,7 +383,9 @@ def _decoded(
         data = dict(zip(names, values, strict=True))
         for column in table.json_columns:
             value = data.get(column)
-            if isinstance(value, (str, bytes)):
+            if isinstance(value, bytes):
+                data[column] = decode(unpack(value))  # a large value, compressed at rest
+            elif isinstance(value, str):
                 data[column] = decode(value)
         for name, value in data.items():
             if isinstance(value, bytes):
@@ -401,16 +410,27 @@ def table_chunk(
     return chunk
 
 
+def key_values(table: SyncedTable, key: str) -> list[Any] | None:
+    """The primary-key values of the row whose wire key is ``key`` (None if it cannot be one).
+
+    A one-column key is the bare text (SQLite's column affinity turns ``"5"`` back into 5).
+    """
+    if len(table.primary_key) == 1:
+        return [key]
+    try:
+        parsed = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        return None
+    values = list(parsed) if isinstance(parsed, list) else [parsed]
+    return values if len(values) == len(table.primary_key) else None
+
+
 def has_row(conn: sqlite3.Connection, table: SyncedTable, key: str) -> bool:
     """Whether ``table`` holds the row whose wire key is ``key``."""
     columns = [_quote(column) for column in table.primary_key]
-    if len(columns) == 1:
-        values: list[Any] = [key]
-    else:
-        parsed = orjson.loads(key)
-        values = list(parsed) if isinstance(parsed, list) else [parsed]
-        if len(values) != len(columns):
-            return False
+    values = key_values(table, key)
+    if values is None:
+        return False
     where = " AND ".join(f"{column} = ?" for column in columns)
     sql = f"SELECT 1 FROM {_quote(table.name)} WHERE {where} LIMIT 1"
     return conn.execute(sql, values).fetchone() is not None

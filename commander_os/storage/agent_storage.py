@@ -28,6 +28,7 @@ from commander_os.errors import InvalidKey, ValueTooLarge
 from commander_os.identifiers import prefix_upper_bound, validate_key
 from commander_os.storage._migrations import Migration
 from commander_os.storage._outbox import SyncedTable
+from commander_os.storage._values import pack, unpack
 from commander_os.storage.base_storage import BaseStorage, run_in_thread
 
 __all__ = ["KV_TABLE", "AgentStorage"]
@@ -106,6 +107,13 @@ def _not_json(value: Any, path: list[Any], depth: int = 0) -> str | None:
     return f"a {type(value).__name__} object, which JSON cannot hold"
 
 
+def _load(stored: str | bytes) -> Any:
+    """A stored value: JSON text, or (large values) a zstd frame of it."""
+    if type(stored) is str:
+        return orjson.loads(stored)
+    return orjson.loads(unpack(stored))  # type: ignore[arg-type]
+
+
 def _non_json_problem(value: Any) -> str | None:
     """Where ``value`` holds something JSON cannot, and what: ``value['ids'][0] is a UUID``."""
     path: list[Any] = []
@@ -124,7 +132,7 @@ class AgentStorage(BaseStorage):
     migrations = (Migration(1, "key-value table", CREATE_KV),)
     synced_tables = (SyncedTable(KV_TABLE, ("key",), ("value",)),)
 
-    def _encode(self, key: str, value: Any) -> str:
+    def _encode(self, key: str, value: Any) -> str | bytes:
         try:
             encoded = orjson.dumps(value, option=_ENCODE_OPTIONS)
         except TypeError as exc:
@@ -139,7 +147,14 @@ class AgentStorage(BaseStorage):
                 f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "
                 f"{self.config.max_value_bytes} (max_value_bytes)"
             )
-        return encoded.decode()
+        return pack(encoded)
+
+    def _restored_row(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """Rows restored from the relay keep large values compressed, as ``set`` does."""
+        value = row.get("value")
+        if table == KV_TABLE and isinstance(value, str):
+            return {**row, "value": pack(value.encode())}
+        return row
 
     # ------------------------------------------------------------------------------ writes
 
@@ -173,7 +188,7 @@ class AgentStorage(BaseStorage):
         validate_key(key)
         with self._lock:
             row = self._require_open().execute(SELECT_VALUE, (key,)).fetchone()
-        return default if row is None else orjson.loads(row[0])
+        return default if row is None else _load(row[0])
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The stored values of ``keys``; keys without a value are left out."""
@@ -185,7 +200,7 @@ class AgentStorage(BaseStorage):
                 row = conn.execute(SELECT_VALUE, (key,)).fetchone()
                 if row is not None:
                     found[key] = row[0]
-        return {key: orjson.loads(text) for key, text in found.items()}
+        return {key: _load(text) for key, text in found.items()}
 
     def exists(self, key: str) -> bool:
         """True if a value is stored under ``key``."""
@@ -210,7 +225,7 @@ class AgentStorage(BaseStorage):
         """Every key and value (whose key starts with ``prefix``), sorted by key."""
         with self._lock:
             rows = self._scan(SELECT_ALL, SELECT_RANGE, SELECT_FROM, prefix).fetchall()
-        return {key: orjson.loads(text) for key, text in rows}
+        return {key: _load(text) for key, text in rows}
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """``(key, value)`` pairs sorted by key, read as one consistent snapshot."""

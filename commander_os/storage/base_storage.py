@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from commander_os import _sqlite as db
+from commander_os._archive import Progress
 from commander_os._files import make_private_dir
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
 from commander_os.errors import ConfigError, RelayError, RelayUnavailable, StorageClosed
@@ -47,6 +48,7 @@ from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
 from commander_os.storage._network_reads import Where, query_filters
 from commander_os.storage._outbox import SyncedTable
+from commander_os.storage._scheduler import BackupScheduler
 
 if TYPE_CHECKING:
     from typing import Self
@@ -129,6 +131,8 @@ class BaseStorage:
         _fork.track(self)
         if self.config.enable_htpc:
             self._start_shipping()
+        if self.config.backup_interval:
+            BackupScheduler.for_process().add(self)
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -523,15 +527,63 @@ class BaseStorage:
 
     # ---------------------------------------------------------------------------- backup
 
-    def backup(self, path: Path | str) -> Path:
-        """Write a consistent copy of the database to ``path`` while the store stays online.
+    def backup(self, path: Path | str | None = None, *, progress: Progress | None = None) -> Path:
+        """Write a consistent copy of the database while the store stays online; its path.
 
-        If the copy is ever restored, the relay notices that it is behind and gives it a new
-        incarnation: its new writes win over anything the original wrote after the backup. The
-        copy of an encrypted store is encrypted with the same key. Returns the path written.
+        Without ``path`` (or with a folder, or a name ending in ``.db.zst``) the copy is a
+        compressed backup with a manifest (:mod:`commander_os.storage.backups`; the folder
+        defaults to ``backup_dir``, else ``backups`` beside the database), which
+        ``commander-os backup verify|restore`` read. Any other ``path`` gets a plain SQLite
+        copy, as before. ``progress(done, total)`` is called as pages are copied and bytes
+        compressed.
+
+        If the copy is ever restored, the relay gives it a new incarnation: its new writes win
+        over anything the original wrote after the backup. The copy of an encrypted store is
+        encrypted with the same key.
         """
+        from commander_os.storage import backups
+
+        target = None if path is None else Path(path)
+        if target is None or target.is_dir() or target.name.endswith(backups.BACKUP_SUFFIX):
+            return backups.create_backup(self, target, progress=progress or _no_progress).path
         with self._lock:
-            return backup_to(self._require_open(), Path(path), encryption_key=self._encryption_key)
+            return backup_to(self._require_open(), target, encryption_key=self._encryption_key)
+
+    def _restored_row(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A row read back from the relay, as this class stores it (a restore writes it).
+
+        Storage classes that keep a column in another form than it travels (compressed, say)
+        override this; the default keeps the row as it is.
+        """
+        return row
+
+    @classmethod
+    def restore_from_relay(
+        cls,
+        agent_id: str,
+        data_dir: Path | str,
+        htpc_url: str | None = None,
+        *,
+        config: StorageConfig | None = None,
+        force: bool = False,
+        **settings: Any,
+    ) -> Self:
+        """Rebuild the agent's store in ``data_dir`` from the relay (a lost disk), then open it.
+
+        Every synced table of this class is filled from the relay's records, row for row; the
+        opened store claims the agent and syncs from there. ``force`` moves a store already in
+        ``data_dir`` aside. Raises :class:`~commander_os.errors.RelayError` if the relay cannot
+        be read (nothing is written then)::
+
+            storage = RecruiterAgentStorage.restore_from_relay(
+                "recruiter", "./data/agents/recruiter", htpc_url="http://127.0.0.1:8001")
+        """
+        from commander_os.storage import backups
+
+        overrides = {"htpc_url": htpc_url, **settings}
+        merged = _merge_config(config, overrides)
+        backups.rebuild_from_relay(cls, agent_id, data_dir, config=merged, force=force)
+        return cls(agent_id, data_dir, config=merged)
 
     # --------------------------------------------------------------------------- closing
 
@@ -567,6 +619,8 @@ class BaseStorage:
             future.set_exception(exc)
 
     def _shut_down(self) -> CloseResult:
+        if self.config.backup_interval:
+            BackupScheduler.for_process().remove(self)
         link, self._link = self._link, None
         result = CloseResult()
         if link is not None:
@@ -661,6 +715,10 @@ def _savepoint(conn: sqlite3.Connection, depth: int) -> Iterator[None]:
         conn.execute(f"RELEASE {name}")
         raise
     conn.execute(f"RELEASE {name}")
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
 
 
 def _pending_seqs(conn: sqlite3.Connection) -> list[int]:

@@ -59,7 +59,10 @@ def test_list_filters_metadata_in_sql(make_integration_storage: MakeStorage) -> 
 def test_every_checkpoint_and_write_is_captured(
     make_integration_storage: MakeStorage, dead_relay_url: str
 ) -> None:
-    storage = make_integration_storage(enable_htpc=True, htpc_url=dead_relay_url)
+    # compact_outbox off: the test counts every captured change in the queue.
+    storage = make_integration_storage(
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+    )
     saver = CommanderSaver(storage)
     stored = saver.put(
         {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}, empty_checkpoint(), {}, {}

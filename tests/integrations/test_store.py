@@ -117,7 +117,10 @@ def test_default_ttl_applies_to_new_items(make_integration_storage: MakeStorage)
 def test_sweep_deletes_expired_items_and_replicates_the_deletes(
     make_integration_storage: MakeStorage, dead_relay_url: str
 ) -> None:
-    storage = make_integration_storage(enable_htpc=True, htpc_url=dead_relay_url)
+    # compact_outbox off: the test counts every captured change in the queue.
+    storage = make_integration_storage(
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+    )
     store = CommanderStore(storage)
     store.put(("tmp",), "kept", {"x": 2})  # the store's first write sweeps; the next is not due
     store.put(("tmp",), "gone", {"x": 1}, ttl=0)
@@ -248,7 +251,10 @@ def test_async_api_and_async_embeddings(make_integration_storage: MakeStorage) -
 def test_every_write_is_captured_for_the_relay(
     make_integration_storage: MakeStorage, dead_relay_url: str
 ) -> None:
-    storage = make_integration_storage(enable_htpc=True, htpc_url=dead_relay_url)
+    # compact_outbox off: the test counts every captured change in the queue.
+    storage = make_integration_storage(
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+    )
     store = CommanderStore(storage)
     store.batch([PutOp(("a",), "k1", {"x": 1}), PutOp(("a",), "k2", {"x": 2})])
     store.delete(("a",), "k1")
