@@ -79,6 +79,8 @@ class StoreLink:
     wanted: list[targets.Target] = field(default_factory=list)
     #: Whether the outbox keeps only each key's newest change (while a target is away).
     compacting: bool = False
+    #: The last standing and draft read, with the store version they were read at.
+    _reads: dict[str, tuple[tuple[Any, ...], Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lock = ShipLock(self.store.db_path)
@@ -177,20 +179,55 @@ class StoreLink:
 
     # -- reading segments ----------------------------------------------------------------------
 
+    def _version(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """What changes whenever the store does: this connection's changes, and other
+        connections' commits (``data_version``)."""
+        return conn.total_changes, int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _cached(self, key: tuple[Any, ...]) -> Any:
+        """What was read for ``key`` if the store has not changed since, else None.
+
+        Every target's lane reads the same standing and the same next changes: with several
+        targets, the first reads them and the others reuse them.
+        """
+        cached = self._reads.get(key[0])
+        if cached is None:
+            return None
+        with self.store.shipping_connection() as conn:
+            version = self._version(conn)
+        return cached[1] if cached[0] == (*key, version) else None
+
     def standing(self) -> tuple[int, bool]:
         """The store's incarnation (0: none yet) and whether a claim waits to be sent."""
+        found = self._cached(("standing",))
+        if found is not None:
+            return found  # type: ignore[no-any-return]
         with self.reading() as conn:
-            return identity.incarnation(conn), identity.wants_claim(conn)
+            version = self._version(conn)
+            value = identity.incarnation(conn), identity.wants_claim(conn)
+        self._reads["standing"] = (("standing", version), value)
+        return value
 
     def draft(self, after: int, limit: int) -> Draft | None:
         """The next segment: up to ``limit`` changes after seq ``after``; None if none waits."""
+        key = ("draft", after, limit)
+        found = self._cached(key)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
         with self.reading() as conn:
-            incarnation = identity.incarnation(conn)
-            rows = outbox.pending(conn, limit, after_seq=after)
-            if not rows:
-                return None
-            tables = outbox.registered_tables(conn)
-            changes = outbox.load_changes(conn, rows, tables, embed_json=True)
+            version = self._version(conn)
+            draft = self._read_draft(conn, after, limit)
+        if draft is not None:
+            self._reads["draft"] = ((*key, version), draft)
+        return draft
+
+    def _read_draft(self, conn: sqlite3.Connection, after: int, limit: int) -> Draft | None:
+        incarnation = identity.incarnation(conn)
+        rows = outbox.pending(conn, limit, after_seq=after)
+        if not rows:
+            return None
+        tables = outbox.registered_tables(conn)
+        changes = outbox.load_changes(conn, rows, tables, embed_json=True)
         records = [
             segment_record_json(c.table, c.key, c.data, c.seq, c.written_at) for c in changes
         ]
