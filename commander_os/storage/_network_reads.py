@@ -1,12 +1,22 @@
-"""Reading other agents' data through the relay: the arguments of ``query_network``."""
+"""Reading other agents' data through the relay: the arguments of ``query_network``, and the
+async clients that ``aquery_network`` and friends use.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["Where", "query_filters"]
+from commander_os.storage._delivery.client import AsyncRelayClient
+
+__all__ = ["AsyncReads", "Where", "query_filters"]
+
+#: How long closing a store waits for another thread's event loop to close its connections.
+_CLOSE_WAIT_SECONDS = 5.0
 
 #: A ``where`` clause: ``{"field": ..., "op": ..., "value": ...}`` or ``(field, op, value)``.
 Where = Mapping[str, Any] | tuple[str, str, Any]
@@ -47,3 +57,72 @@ def query_filters(
         "include_deleted": include_deleted or None,
         "limit": page_size,
     }
+
+
+class AsyncReads:
+    """A store's :class:`AsyncRelayClient`, one per event loop, made on first use.
+
+    An ``httpx.AsyncClient``'s connections belong to the loop that opened them, so a store used
+    from two loops (two ``asyncio.run`` calls, or a loop per thread) gets a client per loop.
+    Every read is a coroutine on that loop: no thread per call. Each client is closed when the
+    store closes, or when its loop ends (``asyncio.run`` closes the loop's async generators
+    before the loop: a small generator per client holds its ``aclose``).
+    """
+
+    def __init__(self, make: Callable[[], AsyncRelayClient]) -> None:
+        self._make = make
+        self._clients: dict[asyncio.AbstractEventLoop, _Held] = {}
+        self._lock = threading.Lock()
+
+    async def client(self) -> AsyncRelayClient:
+        """The client of the running event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            held = self._clients.get(loop)
+            if held is not None:
+                return held.client
+            for old in [old for old in self._clients if old.is_closed()]:
+                del self._clients[old]  # its loop ended and closed it
+            client = self._make()
+            held = self._clients[loop] = _Held(client, _closer(client))
+        await anext(held.closer)  # started: the loop now closes it at shutdown
+        return client
+
+    def close(self) -> None:
+        """Close every client on its own loop (from any thread; idempotent)."""
+        with self._lock:
+            clients, self._clients = self._clients, {}
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, held in clients.items():
+            if loop.is_closed():
+                continue
+            if loop is current:
+                # Called synchronously from a coroutine on that loop: it cannot be waited for.
+                task = loop.create_task(held.closer.aclose())
+                task.add_done_callback(_ignore_result)
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(held.closer.aclose(), loop)
+                with suppress(Exception):
+                    future.result(_CLOSE_WAIT_SECONDS)
+            else:
+                loop.run_until_complete(held.closer.aclose())
+
+
+class _Held(NamedTuple):
+    client: AsyncRelayClient
+    closer: AsyncGenerator[None, None]
+
+
+async def _closer(client: AsyncRelayClient) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _ignore_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "exception never retrieved"

@@ -45,13 +45,13 @@ from commander_os.storage._delivery.shipper import Shipper
 from commander_os.storage._delivery.status import delivery_status
 from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
-from commander_os.storage._network_reads import Where, query_filters
+from commander_os.storage._network_reads import AsyncReads, Where, query_filters
 from commander_os.storage._outbox import SyncedTable
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from commander_os.storage._delivery.client import RelayClient
+    from commander_os.storage._delivery.client import AsyncRelayClient, RelayClient
     from commander_os.storage._delivery.link import StoreLink
 
 __all__ = [
@@ -115,6 +115,7 @@ class BaseStorage:
         self._closing = False
         self._link: StoreLink | None = None
         self._relay: RelayClient | None = None
+        self._async_reads = AsyncReads(self._make_async_client)
         self._encryption_key = read_encryption_key(self.config)
         make_private_dir(self.data_dir)  # 0700: other users must not read the store
         self._conn = self._open_connection()
@@ -197,6 +198,18 @@ class BaseStorage:
         table = SyncedTable(name, tuple(primary_key), tuple(json_columns))
         with self.transaction() as conn:
             self._register(conn, table)
+
+    async def aregister_synced_table(
+        self,
+        name: str,
+        *,
+        primary_key: Sequence[str] = (),
+        json_columns: Sequence[str] = (),
+    ) -> None:
+        """:meth:`register_synced_table` off the event loop."""
+        await run_in_thread(
+            self.register_synced_table, name, primary_key=primary_key, json_columns=json_columns
+        )
 
     # ------------------------------------------------------------------------ connection
 
@@ -318,6 +331,10 @@ class BaseStorage:
         with self._lock:
             return outbox.queue_size(self._require_open())
 
+    async def aget_sync_queue_size(self) -> int:
+        """:meth:`get_sync_queue_size` off the event loop."""
+        return await run_in_thread(self.get_sync_queue_size)
+
     async def process_sync_queue(self, batch_size: int | None = None) -> int:
         """Ship the queue to the relay now; return how many queued changes the relay
         acknowledged during the call (whoever shipped them).
@@ -353,6 +370,15 @@ class BaseStorage:
             seq = outbox.last_seq(self._require_open())
         return link.wait_acked(seq, timeout)
 
+    async def await_for_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`wait_for_sync` for async code: waits on the event loop, not in a thread."""
+        link = self._link
+        if link is None:
+            return True
+        with self._lock:
+            seq = outbox.last_seq(self._require_open())
+        return await link.await_acked(seq, timeout)
+
     def claim(self) -> None:
         """Hand this agent to this store on purpose (moving machines, resolving a conflict).
 
@@ -369,6 +395,10 @@ class BaseStorage:
                 lane.restart()
                 lane.route.wake()
 
+    async def aclaim(self) -> None:
+        """:meth:`claim` off the event loop."""
+        await run_in_thread(self.claim)
+
     def retire(self) -> int:
         """Stop this store from ever shipping the agent again (another store holds it).
 
@@ -384,6 +414,10 @@ class BaseStorage:
         _log.warning("agent %s: store retired with %d changes unshipped", self.agent_id, len(seqs))
         return len(seqs)
 
+    async def aretire(self) -> int:
+        """:meth:`retire` off the event loop."""
+        return await run_in_thread(self.retire)
+
     # ------------------------------------------------------------------- network queries
 
     @property
@@ -395,6 +429,12 @@ class BaseStorage:
 
                 self._relay = RelayClient.from_config(self.config)
             return self._relay
+
+    def _make_async_client(self) -> AsyncRelayClient:
+        from commander_os.storage._delivery.client import AsyncRelayClient
+
+        self._require_open()
+        return AsyncRelayClient.from_config(self.config)
 
     def query_network(
         self,
@@ -427,6 +467,34 @@ class BaseStorage:
         )
         return list(self.relay.query_all(max_records=max_records, **filters))
 
+    async def aquery_network(
+        self,
+        *,
+        agent_id: str | Sequence[str] | None = None,
+        table: str | None = None,
+        key: str | None = None,
+        key_prefix: str | None = None,
+        where: Sequence[Where] | Where = (),
+        updated_since: datetime | str | None = None,
+        include_deleted: bool = False,
+        page_size: int = 100,
+        max_records: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`query_network` as a coroutine on ``httpx.AsyncClient``: the event loop keeps
+        running while the relay answers (no thread per call)."""
+        filters = query_filters(
+            agent_id=agent_id,
+            table=table,
+            key=key,
+            key_prefix=key_prefix,
+            where=where,
+            updated_since=updated_since,
+            include_deleted=include_deleted,
+            page_size=page_size,
+        )
+        client = await self._async_reads.client()
+        return [record async for record in client.query_all(max_records=max_records, **filters)]
+
     def get_network_record(self, agent_id: str, table: str, key: str) -> dict[str, Any] | None:
         """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
 
@@ -434,6 +502,13 @@ class BaseStorage:
         :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
         """
         records = self.query_network(agent_id=agent_id, table=table, key=key, max_records=1)
+        return records[0] if records else None
+
+    async def aget_network_record(
+        self, agent_id: str, table: str, key: str
+    ) -> dict[str, Any] | None:
+        """:meth:`get_network_record` as a coroutine (no thread per call)."""
+        records = await self.aquery_network(agent_id=agent_id, table=table, key=key, max_records=1)
         return records[0] if records else None
 
     # ---------------------------------------------------------------------------- health
@@ -466,6 +541,10 @@ class BaseStorage:
             health.update(delivery_status(self._link, cursors))
         return health
 
+    async def ahealth_check(self) -> dict[str, Any]:
+        """:meth:`health_check` off the event loop (it reads the local database only)."""
+        return await run_in_thread(self.health_check)
+
     # ---------------------------------------------------------------------------- backup
 
     def backup(self, path: Path | str) -> Path:
@@ -477,6 +556,10 @@ class BaseStorage:
         """
         with self._lock:
             return backup_to(self._require_open(), Path(path), encryption_key=self._encryption_key)
+
+    async def abackup(self, path: Path | str) -> Path:
+        """:meth:`backup` off the event loop."""
+        return await run_in_thread(self.backup, path)
 
     # --------------------------------------------------------------------------- closing
 
@@ -520,6 +603,7 @@ class BaseStorage:
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.close()
+        self._async_reads.close()
         with self._lock:
             self._closed = True
             self._conn.close()
