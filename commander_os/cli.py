@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
+from commander_os._cli_output import console, err_console, print_json
 from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
 __all__ = ["app", "main", "run_relay_command"]
@@ -34,12 +34,18 @@ app.add_typer(relay_app, name="relay")
 token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")
 ]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding agent stores, searched recursively (default: local_data_dir of "
+        "the config).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
 KeyFileOpt = Annotated[
     Path | None,
@@ -71,66 +77,54 @@ def _root(
 
 @app.command("status")
 def _status(
-    data_dir: DataDir = Path("./data/agents"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
     encryption_key_file: KeyFileOpt = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option("--max-queue", min=0, help="Exit 3 if a store has more changes queued."),
+    ] = None,
+    max_lag: Annotated[
+        float | None,
+        typer.Option(
+            "--max-lag", min=0, help="Exit 3 if a store's oldest queued change is older (s)."
+        ),
+    ] = None,
 ) -> None:
-    """Show health and sync-queue size of every agent store under DATA_DIR.
+    """Show every agent store under DATA_DIR: queue, oldest pending change, dead letters, size
+    (with -wal), and per relay: reachable, last sync, last error.
 
-    Exits 1 when a store cannot be read (damaged, or the wrong encryption key), so it can serve
-    as a health check.
+    Exits 1 when a store cannot be read (damaged, or the wrong encryption key) and 3 when one
+    is over --max-queue or --max-lag, so it can serve as a health check.
     """
-    from commander_os.config import load_storage_config, read_encryption_key
+    from commander_os._cli_status import (
+        EXIT_OVER_THRESHOLD,
+        EXIT_UNREADABLE,
+        apply_thresholds,
+        print_status,
+    )
+    from commander_os.config import read_encryption_key
     from commander_os.storage._inspect import inspect_stores
 
-    settings = _with_key_file(load_storage_config(), encryption_key_file)
-    reports = inspect_stores(data_dir, encryption_key=read_encryption_key(settings))
-    failed = [report for report in reports if not report["local_db"]]
+    settings = _with_key_file(_storage_settings(config), encryption_key_file)
+    folder = data_dir or settings.local_data_dir
+    reports = inspect_stores(folder, encryption_key=read_encryption_key(settings))
+    over = apply_thresholds(reports, max_queue, max_lag)
     if as_json:
-        sys.stdout.write(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode() + "\n")
-        raise typer.Exit(1 if failed else 0)
-    if not reports:
-        console.print(f"no agent stores under {data_dir}")
-        return
-    table = Table(title=f"agent stores under {data_dir}")
-    for column in ("agent", "path", "ok", "schema", "queued", "oldest pending", "dead", "size"):
-        table.add_column(column, justify="left" if column in ("agent", "path") else "right")
-    for report in reports:
-        age = report.get("oldest_pending_age")
-        table.add_row(
-            report["agent_id"],
-            escape(str(Path(report["path"]).parent.relative_to(data_dir))),
-            "[green]yes[/]" if report["local_db"] else "[red]no[/]",
-            str(report.get("schema_version", "-")),
-            str(report.get("sync_queue_size", "-")),
-            "-" if age is None else f"{age:.1f} s",
-            _dead(report.get("dead_letters")),
-            _size(report.get("size_bytes")),
-        )
-    console.print(table)
-    for report in failed:
-        err_console.print(
-            f"[red]{escape(report['agent_id'])}[/]: {escape(str(report.get('error', '')))}",
-            highlight=False,
-        )
-    if failed:
-        raise typer.Exit(1)
+        print_json(reports)
+    else:
+        print_status(reports, folder)
+    if any(not report["local_db"] for report in reports):
+        raise typer.Exit(EXIT_UNREADABLE)
+    if over:
+        raise typer.Exit(EXIT_OVER_THRESHOLD)
 
 
-def _dead(count: int | None) -> str:
-    if not count:
-        return "0"
-    return f"[red]{count}[/]"
+def _storage_settings(config: Path | None, **overrides: Any) -> Any:
+    from commander_os.config import load_storage_config
 
-
-def _size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}"
-        size //= 1024
-    return f"{size} TiB"
+    return load_storage_config(config, overrides=overrides)
 
 
 # -------------------------------------------------------------------------------- sync

@@ -27,8 +27,9 @@ from commander_os.errors import (
 )
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage import _outbox as outbox
-from commander_os.storage._delivery import targets
+from commander_os.storage._delivery import identity, targets
 from commander_os.storage._delivery.shipper import Shipper
+from commander_os.storage._delivery.status import iso
 from commander_os.storage._migrations import SELECT_CURRENT_VERSION
 from commander_os.storage.base_storage import DB_SUFFIX
 
@@ -73,14 +74,17 @@ def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
 
 
 def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str, Any]:
-    """Health of one store read from its file: queue size, dead letters, schema version.
+    """Health of one store read from its file: queue size, dead letters, schema version, and
+    per relay target what the last delivery attempt said (kept in the store by whichever
+    process ships it).
 
     ``encryption_key`` opens an encrypted store (a plain one is read without it); the report
-    says ``encrypted`` and, if the store could not be read, ``error``.
+    says ``encrypted`` and, if the store could not be read, ``error``. ``size_bytes`` counts
+    the database and its ``-wal`` file.
     """
     report: dict[str, Any] = {"agent_id": path.stem, "path": str(path), "local_db": False}
     try:
-        report["size_bytes"] = path.stat().st_size
+        report["size_bytes"] = _size_with_wal(path)
         encrypted = bool(db.is_encrypted(path))
         report["encrypted"] = encrypted
         key = encryption_key if encrypted else None
@@ -91,6 +95,7 @@ def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str,
             report["dead_letters"] = outbox.dead_letter_count(conn)
             oldest = outbox.oldest_pending_time(conn)
             report["oldest_pending_age"] = None if oldest is None else time.time() - oldest
+            report.update(_delivery_report(conn))
             report["integrity"] = conn.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             conn.close()
@@ -98,6 +103,53 @@ def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str,
     except _REPORTED_ERRORS as exc:
         report["error"] = str(exc)
     return report
+
+
+def _size_with_wal(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _delivery_report(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Per target: reachability, last sync, last error, its queue and the age of its oldest
+    change; for the store, the newest error of any target and its lag (the oldest age)."""
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for cursor in targets.load(conn).values():
+        waiting = int(conn.execute(outbox.COUNT_PENDING, (cursor.acked,)).fetchone()[0])
+        oldest = conn.execute(outbox.OLDEST_PENDING, (cursor.acked,)).fetchone()[0]
+        rows.append(
+            {
+                "target": cursor.name,
+                "urls": list(cursor.urls),
+                "reachable": cursor.reachable,
+                "last_sync": iso(cursor.last_success),
+                "last_attempt": iso(cursor.last_attempt),
+                "last_error": cursor.last_error,
+                "queued": waiting,
+                "oldest_pending_age": None if oldest is None else max(0.0, now - oldest),
+                "acked_seq": cursor.acked,
+                "needs_full_resync": cursor.repair,
+            }
+        )
+    errors = [row for row in rows if row["last_error"]]
+    conflict = identity.conflict(conn)
+    return {
+        "targets": rows,
+        "last_error": max(errors, key=lambda row: row["last_attempt"] or "")["last_error"]
+        if errors
+        else None,
+        "reachable": _all_reachable([row["reachable"] for row in rows]),
+        "last_sync": min((row["last_sync"] or "" for row in rows), default=None) or None,
+        "conflict": conflict,
+    }
+
+
+def _all_reachable(states: list[bool | None]) -> bool | None:
+    """False if a target was unreachable at its last attempt, True if all were reached."""
+    if False in states:
+        return False
+    return True if states and None not in states else None
 
 
 def inspect_stores(data_dir: Path, *, encryption_key: str | None = None) -> list[dict[str, Any]]:

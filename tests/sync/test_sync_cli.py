@@ -132,7 +132,11 @@ def test_status_shows_queue_sizes_and_dead_letters(
     assert reports["cli-status-dead"]["dead_letters"] == 1
     table = cli("status", "--data-dir", str(data))
     assert table.returncode == 0, table.stderr
-    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "cli-status-" in line}
+    rows = {
+        line.split()[1]: line
+        for line in table.stdout.splitlines()
+        if "cli-status-" in line and line.startswith("│")  # the table's rows, not the notes
+    }
     assert set(rows) == {"cli-status-dead", "cli-status-queued"}
     assert " 7 " in rows["cli-status-queued"]
     assert " 1 " in rows["cli-status-dead"]
