@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
+from commander_os._cli_dead_letters import dead_letters_app
+from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt, storage_settings
 from commander_os._cli_output import console, err_console, print_json
 from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
 
@@ -33,27 +35,7 @@ relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
 token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Folder holding agent stores, searched recursively (default: local_data_dir of "
-        "the config).",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
-KeyFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--encryption-key-file",
-        help="File holding the key of encrypted stores (default: $COMMANDER_OS_ENCRYPTION_KEY).",
-    ),
-]
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 def _version(value: bool) -> None:
@@ -107,7 +89,7 @@ def _status(
     from commander_os.config import read_encryption_key
     from commander_os.storage._inspect import inspect_stores
 
-    settings = _with_key_file(_storage_settings(config), encryption_key_file)
+    settings = storage_settings(config, encryption_key_file)
     folder = data_dir or settings.local_data_dir
     reports = inspect_stores(folder, encryption_key=read_encryption_key(settings))
     over = apply_thresholds(reports, max_queue, max_lag)
@@ -121,18 +103,12 @@ def _status(
         raise typer.Exit(EXIT_OVER_THRESHOLD)
 
 
-def _storage_settings(config: Path | None, **overrides: Any) -> Any:
-    from commander_os.config import load_storage_config
-
-    return load_storage_config(config, overrides=overrides)
-
-
 # -------------------------------------------------------------------------------- sync
 
 
 @app.command("sync")
 def _sync(
-    data_dir: DataDir = Path("./data/agents"),
+    data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     relay: Annotated[
         str | None,
@@ -145,41 +121,44 @@ def _sync(
             help="The stores' central store moved to --relay: ship there from now on.",
         ),
     ] = False,
+    as_json: JsonOpt = False,
     encryption_key_file: KeyFileOpt = None,
 ) -> None:
-    """Ship every queued change of the stores under DATA_DIR to the relay now."""
-    from rich.progress import Progress
+    """Ship every queued change of the stores under DATA_DIR to their relay now (progress
+    with count, rate and time left on stderr).
 
-    from commander_os.config import load_storage_config, read_encryption_key
+    A store ships only to the relay it remembers; --relay naming another one is refused
+    unless --to-other-relay confirms that the store's central store moved there.
+    """
+    from commander_os._cli_progress import progress
+    from commander_os.config import read_encryption_key
     from commander_os.storage._inspect import drain_store, find_stores
 
-    settings = load_storage_config(config, overrides={"htpc_url": relay})
-    settings = _with_key_file(settings, encryption_key_file)
-    stores = find_stores(data_dir, encryption_key=read_encryption_key(settings))
-    if not stores:
-        console.print(f"no agent stores under {data_dir}")
-        return
-    total = 0
-    with Progress(console=console) as progress:
+    settings = storage_settings(config, encryption_key_file, htpc_url=relay)
+    folder = data_dir or settings.local_data_dir
+    stores = find_stores(folder, encryption_key=read_encryption_key(settings))
+    results: list[dict[str, Any]] = []
+    with progress("changes") as bar:
         for path in stores:
-            task = progress.add_task(path.stem, total=None)
+            task = bar.add_task(path.stem, total=None)
 
-            def advance(done: int, task: Any = task) -> None:
-                progress.update(task, completed=done)
+            def advance(done: int, total: int, task: Any = task) -> None:
+                bar.update(task, completed=done, total=max(total, done))
 
             shipped = drain_store(
                 path, settings, relay=relay, to_other_relay=to_other_relay, on_progress=advance
             )
-            progress.update(task, total=max(shipped, 1), completed=max(shipped, 1))
-            total += shipped
-    console.print(f"synced {total} change(s) from {len(stores)} store(s) to {settings.htpc_url}")
-
-
-def _with_key_file(settings: Any, key_file: Path | None) -> Any:
-    """``settings`` whose key comes from ``key_file`` when given (it beats the environment)."""
-    if key_file is None:
-        return settings
-    return settings.model_copy(update={"encryption_key": None, "encryption_key_file": key_file})
+            bar.update(task, total=max(shipped, 1), completed=max(shipped, 1))
+            results.append({"agent_id": path.stem, "path": str(path), "shipped": shipped})
+    total = sum(result["shipped"] for result in results)
+    if as_json:
+        print_json({"synced": total, "relay": relay, "stores": results})
+        return
+    if not stores:
+        console.print(f"no agent stores under {folder}")
+        return
+    where = relay or "their relays"
+    console.print(f"synced {total} change(s) from {len(stores)} store(s) to {where}")
 
 
 # ------------------------------------------------------------------------------- query

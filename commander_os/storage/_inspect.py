@@ -11,10 +11,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from commander_os import _sqlite as db
 from commander_os.config import StorageConfig, read_encryption_key
@@ -26,14 +26,16 @@ from commander_os.errors import (
     StorageError,
 )
 from commander_os.identifiers import validate_agent_id
+from commander_os.storage import _dead_letters as dead_letters
 from commander_os.storage import _outbox as outbox
+from commander_os.storage._dead_letters import DeadLetter
 from commander_os.storage._delivery import identity, targets
 from commander_os.storage._delivery.shipper import Shipper
 from commander_os.storage._delivery.status import iso
 from commander_os.storage._migrations import SELECT_CURRENT_VERSION
 from commander_os.storage.base_storage import DB_SUFFIX
 
-__all__ = ["drain_store", "find_stores", "inspect_store", "inspect_stores"]
+__all__ = ["drain_store", "find_stores", "handle_dead_letters", "inspect_store", "inspect_stores"]
 
 IS_AGENT_STORE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sync_queue'"
 #: What inspect_store() puts in the report instead of raising.
@@ -160,6 +162,32 @@ def inspect_stores(data_dir: Path, *, encryption_key: str | None = None) -> list
     ]
 
 
+def handle_dead_letters(
+    path: Path,
+    action: Literal["list", "retry", "purge"],
+    *,
+    seqs: Sequence[int] | None = None,
+    encryption_key: str | None = None,
+) -> list[DeadLetter]:
+    """List, retry or purge the dead letters of the store at ``path`` (``seqs``: only those);
+    the letters concerned. Retry and purge commit in one write transaction."""
+    key = encryption_key if db.is_encrypted(path) else None
+    if action == "list":
+        conn = db.connect(path, read_only=True, busy_timeout=5.0, encryption_key=key)
+        try:
+            return dead_letters.list_dead(conn, seqs)
+        finally:
+            conn.close()
+    conn = db.connect(path, busy_timeout=5.0, encryption_key=key)
+    try:
+        with db.write_transaction(conn, f"{action} of dead letters"):
+            if action == "retry":
+                return dead_letters.retry_dead(conn, seqs)
+            return dead_letters.purge_dead(conn, seqs)
+    finally:
+        conn.close()
+
+
 class _FileStore:
     """A store opened through its file alone (no storage class), for the shipper."""
 
@@ -214,13 +242,14 @@ def drain_store(
     *,
     relay: str | None = None,
     to_other_relay: bool = False,
-    on_progress: Callable[[int], object] | None = None,
+    on_progress: Callable[[int, int], object] | None = None,
 ) -> int:
     """Ship every queued change of the store at ``path``; return how many were acked.
 
     The changes go to the relays the store remembers shipping to (its config's when it never
     shipped); ``relay`` names one of them, or, with ``to_other_relay``, another one. An
-    encrypted store is opened with the config's key. Raises
+    encrypted store is opened with the config's key. ``on_progress(done, total)`` is called as
+    batches are acknowledged (``total``: what was queued at the start). Raises
     :class:`~commander_os.errors.RelayError` if the relay cannot take them,
     :class:`~commander_os.errors.StorageBusy` if another process is shipping the store,
     :class:`~commander_os.errors.ConfigError` for a relay the store does not ship to.
@@ -228,6 +257,7 @@ def drain_store(
     key = read_encryption_key(config) if db.is_encrypted(path) else None
     store = _FileStore(path, config, key)
     shipper = Shipper(background=False)
+    link = None
     try:
         link = shipper.attach(store, _drain_targets(store, relay, to_other_relay))
         if not link.active:
@@ -238,11 +268,14 @@ def drain_store(
         def progress() -> None:
             if on_progress is not None:
                 with store.shipping_connection() as conn:
-                    on_progress(before - outbox.queue_size(conn))
+                    on_progress(before - outbox.queue_size(conn), before)
 
+        progress()
         shipper.flush(link, None, fail_fast=True, progress=progress)
         with store.shipping_connection() as conn:
             return before - outbox.queue_size(conn)
     finally:
+        if link is not None:
+            shipper.detach(link)  # releases the ship lock: the store's own process may go on
         shipper.close()
         store.close()
