@@ -1,5 +1,7 @@
 """``commander-os dead-letters list|retry|purge``: the changes a relay refused for good.
 
+(The agent side is imported inside the commands: the relay process runs this CLI too.)
+
 A dead letter keeps the table, the key, the operation and the relay's reason. ``retry`` queues
 the row again as it is *now* (fix the data, or the relay's limits, first); ``purge`` forgets
 the letters (with ``--yes``: the relay will never have those changes).
@@ -16,7 +18,6 @@ from rich.table import Table
 
 from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt, storage_settings
 from commander_os._cli_output import console, print_json
-from commander_os.storage._delivery.status import iso
 
 __all__ = ["dead_letters_app"]
 
@@ -44,6 +45,7 @@ def _collect(
 ) -> list[dict[str, Any]]:
     from commander_os.config import read_encryption_key
     from commander_os.identifiers import validate_agent_id
+    from commander_os.storage._delivery.status import iso
     from commander_os.storage._inspect import find_stores, handle_dead_letters
 
     if seqs and (not agents or len(agents) != 1):
