@@ -572,11 +572,27 @@ def _demo(
     keep_running: Annotated[
         bool, typer.Option(help="Keep the relay running after the demo, until Ctrl-C.")
     ] = True,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The demo relay's YAML config (relay:).")
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data."""
+    """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data.
+
+    Ctrl-C, SIGTERM and SIGHUP stop the relay before the demo exits. With --json the story
+    goes to stderr and a summary to stdout.
+    """
     from commander_os._demo import run_demo
 
-    run_demo(port=port, data_dir=data_dir, keep_running=keep_running, console=console)
+    summary = run_demo(
+        port=port,
+        data_dir=data_dir,
+        keep_running=keep_running,
+        console=err_console if as_json else console,
+        config=config,
+    )
+    if as_json:
+        print_json(summary)
 
 
 # ------------------------------------------------------------------------------- bench
