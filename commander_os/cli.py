@@ -20,7 +20,8 @@ from commander_os import __version__
 from commander_os._cli_dead_letters import dead_letters_app
 from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt, storage_settings
 from commander_os._cli_output import console, err_console, print_json
-from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
+from commander_os._cli_relay import relay_app, token_app
+from commander_os.errors import CommanderStorageError
 
 __all__ = ["app", "main", "run_relay_command"]
 
@@ -31,9 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
-token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(dead_letters_app, name="dead-letters")
 
@@ -164,11 +163,33 @@ def _sync(
 # ------------------------------------------------------------------------------- query
 
 
+RelayUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--relay", help="Relay URL (default: htpc_url of the config, or $COMMANDER_OS_HTPC_URL)."
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="Bearer token (default: the config's, or $COMMANDER_OS_HTPC_TOKEN)."
+    ),
+]
+
+
+def _relay_and_token(
+    config: Path | None, relay: str | None, token: str | None
+) -> tuple[str, str | None]:
+    """The relay URL (checked) and token of the options, else of the agent config."""
+    from commander_os.config import read_token
+
+    settings = storage_settings(config, htpc_url=relay)
+    return settings.htpc_url, token or read_token(settings)
+
+
 @app.command("query")
 def _query(
-    relay: Annotated[
-        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
-    ] = "http://127.0.0.1:8001",
+    relay: RelayUrlOpt = None,
     agent: Annotated[
         list[str] | None, typer.Option("--agent", help="Agent id (repeatable).")
     ] = None,
@@ -187,14 +208,14 @@ def _query(
     ] = None,
     include_deleted: Annotated[bool, typer.Option(help="Include deletions.")] = False,
     limit: Annotated[int, typer.Option(help="Most records to print.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-    token: Annotated[
-        str | None, typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Bearer token.")
-    ] = None,
+    as_json: JsonOpt = False,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Query records of any agent on the relay."""
     from commander_os.storage._delivery.client import RelayClient
 
+    relay, token = _relay_and_token(config, relay, token)
     clauses = [_parse_where(text) for text in where or []]
     agents: Any = agent[0] if agent and len(agent) == 1 else agent
     with RelayClient(relay, token=token) as client:
@@ -212,8 +233,7 @@ def _query(
             )
         )
     if as_json:
-        for record in records:
-            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        print_json(records)
         return
     out = Table(title=f"{len(records)} record(s) from {relay}")
     for column in ("agent", "table", "key", "version", "ts", "data"):
@@ -249,20 +269,17 @@ def _parse_where(text: str) -> dict[str, Any]:
 
 @app.command("analytics")
 def _analytics(
-    relay: Annotated[
-        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
-    ] = "http://127.0.0.1:8001",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the relay's JSON.")] = False,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Admin token (when auth is on)."),
-    ] = None,
+    relay: RelayUrlOpt = None,
+    as_json: JsonOpt = False,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Show the relay's query shapes (latency, rows examined, index hints), slow queries and
-    every agent's health."""
+    every agent's health (an admin token when auth is on)."""
+    relay, token = _relay_and_token(config, relay, token)
     report = _fetch_analytics(relay, token)
     if as_json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        print_json(report)
         return
     if not report.get("enabled"):
         console.print(f"analytics are off on {relay} (relay.analytics: false)")
@@ -341,225 +358,6 @@ def _print_shapes(queries: dict[str, Any]) -> None:
         )
 
 
-# ------------------------------------------------------------------------------- relay
-
-
-# The environment (COMMANDER_OS_RELAY_DATABASE_URL, or COMMANDER_OS_DATABASE_URL) is read by
-# load_relay_config with every other setting, not by these options.
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="PostgreSQL central store URL; selects backend postgresql (default: from the "
-        "config file or $COMMANDER_OS_RELAY_DATABASE_URL).",
-    ),
-]
-
-
-@relay_app.command("serve")
-def _relay_serve(
-    config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Central store folder.")
-    ] = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Run the relay (the embedded SQLite central store unless a database_url is given)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay import serve
-
-    overrides = {
-        "host": host,
-        "port": port,
-        "agent_storage_dir": data_dir,
-        "database_url": database_url,
-    }
-    serve(load_relay_config(config, overrides=overrides))
-
-
-CentralDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="SQLite central store folder.")
-]
-
-
-def _central_store(config: Path | None, data_dir: Path | None, database_url: str | None) -> Any:
-    """The (unopened) central store that the relay config and options describe."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay.central import store_for_config
-
-    overrides = {"agent_storage_dir": data_dir, "database_url": database_url}
-    return store_for_config(load_relay_config(config, overrides=overrides))
-
-
-@relay_app.command("migrate")
-def _relay_migrate(
-    config: ConfigOpt = None, data_dir: CentralDirOpt = None, database_url: DatabaseUrlOpt = None
-) -> None:
-    """Create or upgrade the central store's schema (the relay also does it when it starts)."""
-    import asyncio
-
-    store = _central_store(config, data_dir, database_url)
-
-    async def run() -> Any:
-        async with store:
-            return await store.health()
-
-    health = asyncio.run(run())
-    console.print(f"central store ready ({health.backend}): {health.detail}", highlight=False)
-
-
-@relay_app.command("export")
-def _relay_export(
-    out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Write every record of the central store (tombstones too) to a JSON-lines file."""
-    import asyncio
-
-    from commander_os.relay.central._transfer import export_records, is_exportable
-
-    store = _central_store(config, data_dir, database_url)
-    source = getattr(store, "path", None)
-    if isinstance(source, Path) and not source.exists():
-        raise CentralStoreUnavailable(f"no central store at {source}: check --data-dir / --config")
-
-    damaged: list[Any] = []
-
-    async def run() -> int:
-        async with store:
-            # 0600: the export holds every agent's records, like the store itself.
-            with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                return await export_records(store, f, on_damaged=damaged.append)
-
-    count = asyncio.run(run())
-    for record in damaged:
-        left = "exported" if is_exportable(record) else "LEFT OUT"
-        err_console.print(
-            f"warning: {record.agent_id}/{record.table}/{record.key} (rev {record.rev}) is "
-            f"damaged, {left}: {record.damaged}",
-            highlight=False,
-        )
-    console.print(f"exported {count} record(s) from {store.backend} to {out}", highlight=False)
-
-
-@relay_app.command("import")
-def _relay_import(
-    file: Annotated[Path, typer.Argument(help="JSON-lines file written by 'relay export'.")],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Apply an export to the central store; newer records already there win, re-runs are no-ops."""
-    import asyncio
-
-    from commander_os.relay.central._transfer import ImportResult, import_records
-
-    if not file.is_file():
-        raise typer.BadParameter(f"{file}: no such file", param_hint="FILE")
-    store = _central_store(config, data_dir, database_url)
-
-    async def run() -> ImportResult:
-        async with store:
-            with file.open("rb") as lines:
-                return await import_records(store, lines)
-
-    try:
-        result = asyncio.run(run())
-    except ValueError as exc:
-        raise typer.BadParameter(f"{file}: {exc}", param_hint="FILE") from None
-    console.print(
-        f"imported {result.records} record(s) into {store.backend}: {result.applied} applied, "
-        f"{result.ignored} already there",
-        highlight=False,
-    )
-
-
-# ------------------------------------------------------------------------------- token
-
-SecretFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--secret-file", help="File holding the relay secret (default: from the relay config)."
-    ),
-]
-RelayDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="The relay's agent_storage_dir, where relay.secret lives."),
-]
-
-
-def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path | None) -> bytes:
-    """The secret the relay uses: --secret-file, else relay.secret / COMMANDER_OS_SECRET, else
-    <agent_storage_dir>/relay.secret (created if missing, as the relay would on first start)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay._auth import load_secret, read_secret_file
-
-    if secret_file is not None:
-        return read_secret_file(secret_file)
-    relay_config = load_relay_config(config, overrides={"agent_storage_dir": data_dir})
-    return load_secret(relay_config, create=True)
-
-
-@token_app.command("create")
-def _token_create(
-    agent_id: Annotated[str, typer.Argument(help="The agent the token writes as.")],
-    read_all: Annotated[
-        bool, typer.Option("--read-all", help="May read every agent (the default).")
-    ] = False,
-    read: Annotated[
-        str | None,
-        typer.Option("--read", help="Only these agents (comma-separated) besides its own."),
-    ] = None,
-    admin: Annotated[
-        bool, typer.Option("--admin", help="Admin: /metrics, dashboard, reads all.")
-    ] = False,
-    expires: Annotated[
-        str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
-) -> None:
-    """Print a signed token for AGENT_ID (pass it to the agent as htpc_token or token_file)."""
-    from commander_os.relay._auth import issue_token, parse_expiry
-
-    if read_all and read is not None:
-        raise typer.BadParameter("give --read-all or --read, not both", param_hint="--read")
-    readable = None if read is None else [a.strip() for a in read.split(",") if a.strip()]
-    try:
-        expires_at = None if expires is None else parse_expiry(expires)
-        secret = _relay_secret(config, data_dir, secret_file)
-        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
-    except ValueError as exc:
-        if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
-            raise
-        raise typer.BadParameter(str(exc)) from None
-    sys.stdout.write(token + "\n")
-
-
-@token_app.command("verify")
-def _token_verify(
-    token: Annotated[str, typer.Argument(help="The token to check.")],
-    config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
-) -> None:
-    """Check a token against the relay secret and print what it grants (exit 1 if invalid)."""
-    from commander_os.relay._auth import describe_expiry, verify_token
-
-    claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
-    readable = claims.readable()
-    reads = "every agent" if readable is None else ", ".join(sorted(readable))
-    sys.stdout.write(
-        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
-        f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
-    )
-
-
 # -------------------------------------------------------------------------------- demo
 
 
@@ -605,8 +403,9 @@ def _bench(
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
     ] = "local,sync,relay",
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    as_json: JsonOpt = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the results as JSON here.")
     ] = None,
     database_url: Annotated[
         str | None,
@@ -622,7 +421,8 @@ def _bench(
         raise typer.Exit(2) from None
     argv = ["--only", only]
     argv += ["--quick"] if quick else ["--full"] if full else []
-    argv += ["--json", str(json_path)] if json_path is not None else []
+    argv += ["--json", str(output)] if output is not None else []
+    argv += ["--print-json"] if as_json else []
     argv += ["--database-url", database_url] if database_url else []
     raise typer.Exit(run_benchmarks(argv))
 
