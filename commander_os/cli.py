@@ -432,6 +432,7 @@ _EXTRA_OF_MODULE = {
     "fastapi": "relay",
     "starlette": "relay",
     "uvicorn": "relay",
+    "pythonjsonlogger": "relay",
     "psycopg": "postgres",
     "psycopg_pool": "postgres",
     "sqlcipher3": "encryption",

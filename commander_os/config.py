@@ -314,6 +314,11 @@ class RelayConfig(_Settings):
     encryption_key: str | None = Field(default=None, repr=False)
     encryption_key_file: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: ``text`` lines, or ``json``: one JSON object per line (python-json-logger).
+    log_format: Literal["text", "json"] = "text"
+    #: One log line per request (client, method, path, status, bytes, ms); off by default,
+    #: as a line per request costs more than a small request.
+    access_log: bool = False
     #: ``Host`` header names the relay answers to (besides ``host`` itself): a name, an IP
     #: address, ``*.example.com`` (its subdomains) or ``*`` (any). Others get 400: a web page
     #: that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the relay.

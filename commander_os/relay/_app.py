@@ -53,6 +53,7 @@ from commander_os.relay._http import body_doc as _body_doc
 from commander_os.relay._http import error_response, json_response, page_json
 from commander_os.relay._http_guard import install_http_guard
 from commander_os.relay._ingest import deliver, ingest, is_delivery
+from commander_os.relay._logging import AccessLog
 from commander_os.relay._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from commander_os.relay._reads import run_query
 from commander_os.relay._state import RelayState
@@ -340,6 +341,8 @@ def create_app(
     app.state.relay = state
     install_http_guard(app, config)  # first, so the metrics count its refusals too
     app.add_middleware(_MetricsMiddleware, state=state)
+    if config.access_log:  # outermost: it also sees what the guard refused
+        app.add_middleware(AccessLog)
     _install_error_handlers(app)
     _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest, Heartbeat])
     admit = Depends(_caller_dependency(state.guard))
