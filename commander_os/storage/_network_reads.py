@@ -11,6 +11,7 @@ from contextlib import suppress
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from commander_os.identifiers import validate_agent_id
 from commander_os.storage._delivery.client import AsyncRelayClient
 
 __all__ = ["AsyncReads", "Where", "query_filters"]
@@ -44,9 +45,15 @@ def query_filters(
     include_deleted: bool,
     page_size: int,
 ) -> dict[str, Any]:
-    """The fields of a ``/relay/query`` request for ``query_network``'s arguments."""
+    """The fields of a ``/relay/query`` request for ``query_network``'s arguments.
+
+    Raises :class:`~commander_os.errors.InvalidAgentId` for a bad agent id before anything is
+    sent (the same explanation a store or the relay gives).
+    """
     since = updated_since.isoformat() if isinstance(updated_since, datetime) else updated_since
     agents = agent_id if agent_id is None or isinstance(agent_id, str) else list(agent_id)
+    for one in [agents] if isinstance(agents, str) else agents or []:
+        validate_agent_id(one)
     return {
         "agent_id": agents,
         "table": table,
@@ -71,22 +78,26 @@ class AsyncReads:
 
     def __init__(self, make: Callable[[], AsyncRelayClient]) -> None:
         self._make = make
-        self._clients: dict[asyncio.AbstractEventLoop, _Held] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[_Held]] = {}
         self._lock = threading.Lock()
 
     async def client(self) -> AsyncRelayClient:
         """The client of the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            held = self._clients.get(loop)
-            if held is not None:
-                return held.client
-            for old in [old for old in self._clients if old.is_closed()]:
-                del self._clients[old]  # its loop ended and closed it
-            client = self._make()
-            held = self._clients[loop] = _Held(client, _closer(client))
+            starting = self._clients.get(loop)
+            if starting is None or _failed(starting):
+                for old in [old for old in self._clients if old.is_closed()]:
+                    del self._clients[old]  # its loop ended and closed it
+                starting = self._clients[loop] = loop.create_task(self._start())
+        return (await asyncio.shield(starting)).client
+
+    async def _start(self) -> _Held:
+        # Made in a worker thread, once per loop: building a client may read a CA bundle.
+        client = await asyncio.to_thread(self._make)
+        held = _Held(client, _closer(client))
         await anext(held.closer)  # started: the loop now closes it at shutdown
-        return client
+        return held
 
     def close(self) -> None:
         """Close every client on its own loop (from any thread; idempotent)."""
@@ -96,9 +107,12 @@ class AsyncReads:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, held in clients.items():
-            if loop.is_closed():
+        for loop, starting in clients.items():
+            if loop.is_closed() or not starting.done() or starting.cancelled():
+                continue  # a client still being made is closed by its loop at shutdown
+            if starting.exception() is not None:
                 continue
+            held = starting.result()
             if loop is current:
                 # Called synchronously from a coroutine on that loop: it cannot be waited for.
                 task = loop.create_task(held.closer.aclose())
@@ -121,6 +135,11 @@ async def _closer(client: AsyncRelayClient) -> AsyncGenerator[None, None]:
         yield
     finally:
         await client.aclose()
+
+
+def _failed(task: asyncio.Task[_Held]) -> bool:
+    """A client that could not be made (the store was closed meanwhile, ...): make it anew."""
+    return task.done() and (task.cancelled() or task.exception() is not None)
 
 
 def _ignore_result(task: asyncio.Task[None]) -> None:

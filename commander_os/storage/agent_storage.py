@@ -28,13 +28,13 @@ import orjson
 
 from commander_os.errors import InvalidKey, ValueTooLarge
 from commander_os.identifiers import prefix_upper_bound, validate_key
+from commander_os.protocol import KV_TABLE
 from commander_os.storage._migrations import Migration
 from commander_os.storage._outbox import SyncedTable
 from commander_os.storage.base_storage import BaseStorage, run_in_thread
 
 __all__ = ["KV_TABLE", "AgentStorage"]
 
-KV_TABLE = "kv"
 
 # A rowid table, not WITHOUT ROWID: a WITHOUT ROWID row keeps at most ~1 KB of a 4 KiB page
 # locally, so a typical 1 KB JSON value spilled into an overflow page and every get read two

@@ -11,6 +11,8 @@ when one is unavailable it tries the next, and stays with the first one that ans
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import ssl
 import threading
@@ -44,13 +46,24 @@ KEEPALIVE_SECONDS = RELAY_KEEPALIVE_SECONDS * 2 / 3
 #: ``limits.max_concurrent_queries`` per caller, so a burst queues here instead of being refused.
 DEFAULT_MAX_CONCURRENT_READS = 8
 _JSON = {"content-type": "application/json"}
+_log = logging.getLogger("commander_os.client")
 _USER_AGENT = "commander-os-storage"
 
 
 def _verify(verify: bool | str | Path) -> Any:
     if isinstance(verify, (str, Path)):
-        return ssl.create_default_context(cafile=str(verify))
-    return verify
+        return _ssl_context(str(verify))
+    return _ssl_context(None) if verify else False
+
+
+@functools.lru_cache(maxsize=16)
+def _ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """One TLS context per CA file for the whole process. Building one reads and parses a CA
+    bundle (~25 ms here): once per client, that made every new client (one per store, and per
+    event loop for the async reads) pay it, on the event loop for the async ones."""
+    if cafile is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -100,6 +113,15 @@ def _too_large(url: str, limit: int) -> RelayProtocolError:
     return RelayProtocolError(f"relay at {url} answered more than {limit} bytes; refused")
 
 
+def warn_hints(page: dict[str, Any]) -> None:
+    """Log the relay's hints about a query (an agent it never heard of, ...) as warnings: an
+    empty answer to a misspelt id should not pass in silence."""
+    hints = page.get("hints")
+    if isinstance(hints, list):
+        for hint in hints[:20]:
+            _log.warning("relay query: %s", str(hint)[:500])
+
+
 class _Pages:
     """Follows ``next_cursor`` page after page, refusing a relay that repeats a cursor."""
 
@@ -115,6 +137,7 @@ class _Pages:
 
     def take(self, page: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """The records of ``page`` to yield, and whether another page must be asked for."""
+        warn_hints(page)
         records = page.get("records")
         if not isinstance(records, list):
             raise RelayProtocolError("the relay's query answer has no 'records' list")
@@ -210,7 +233,9 @@ class RelayClient:
         values are left out.
         """
         body = {name: value for name, value in filters.items() if value is not None}
-        return expect_dict(self._post("/relay/query", orjson.dumps(body)))
+        page = expect_dict(self._post("/relay/query", orjson.dumps(body)))
+        warn_hints(page)
+        return page
 
     def query_all(
         self, *, max_records: int | None = None, **filters: Any
@@ -344,7 +369,9 @@ class AsyncRelayClient:
     async def query(self, **filters: Any) -> dict[str, Any]:
         """One page of ``/relay/query`` results."""
         body = {name: value for name, value in filters.items() if value is not None}
-        return expect_dict(await self._request("POST", "/relay/query", orjson.dumps(body)))
+        page = expect_dict(await self._request("POST", "/relay/query", orjson.dumps(body)))
+        warn_hints(page)
+        return page
 
     async def query_all(
         self, *, max_records: int | None = None, **filters: Any
