@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 from sync_helpers import wait_until
-from test_sync_cli import cli
+from test_sync_cli import cli, queue_up
 
 from commander_os.relay._process import RelayProcess
 from commander_os.storage.agent_storage import AgentStorage
@@ -73,3 +73,14 @@ def test_status_reads_local_data_dir_from_the_config(tmp_path: Path) -> None:
     result = cli("status", "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     assert [report["agent_id"] for report in orjson.loads(result.stdout)] == ["cfg"]
+
+
+def test_sync_shows_count_rate_and_time_left(relay: RelayProcess, tmp_path: Path) -> None:
+    data = tmp_path / "agents"
+    queue_up(data, "progress", {f"k{i}": i for i in range(30)})
+    result = cli("sync", "--data-dir", str(data), "--relay", relay.url, "--to-other-relay")
+    assert result.returncode == 0, result.stderr
+    assert "synced 30 change(s) from 1 store(s)" in result.stdout
+    assert "30/30" in result.stderr  # the progress is on stderr: stdout keeps the result
+    assert "changes/s" in result.stderr
+    assert "eta" in result.stderr
