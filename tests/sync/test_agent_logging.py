@@ -55,7 +55,7 @@ def test_an_outage_is_one_warning_and_its_recovery_one_line(
 
     relay.start()
     assert store.wait_for_sync(30)
-    recovered = [line for line in _lines(caplog, logging.INFO) if "works again" in line]
+    recovered = [line for line in _lines(caplog, logging.INFO) if "recovered" in line]
     assert len(recovered) == 1
     assert "failed attempt" in recovered[0]
     assert all(TOKEN not in record.getMessage() for record in caplog.records)
@@ -87,3 +87,21 @@ def test_a_credential_in_the_relay_url_is_refused_before_it_can_be_logged(
     with pytest.raises(ConfigError, match="credentials") as caught:
         AgentStorage("a", tmp_path, htpc_url="http://ops:hunter2@127.0.0.1:9", enable_htpc=True)
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_dead_letter_is_logged_with_the_relays_reason(
+    shared_relay: RelayProcess,
+    make_agent: Callable[..., AgentStorage],
+    agent_id: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="commander_os")
+    store = make_agent(agent_id, shared_relay.url, max_retry_count=1)
+    poison: object = 1
+    for _ in range(80):  # deeper than the relay's max_json_depth
+        poison = [poison]
+    store.set("poison", poison)
+    wait_until(lambda: store.health_check()["dead_letters"] == 1, what="the dead letter")
+    (line,) = [m for m in _lines(caplog, logging.WARNING) if "dead letters" in m]
+    assert "kv/poison" in line
+    assert "json_too_deep" in line

@@ -443,7 +443,7 @@ class Route:
     def _reached(self) -> None:
         if self._down is not None:
             _log.info(
-                "delivery to %s works again, after %.1f s and %d failed attempt(s)",
+                "delivery to %s recovered: it works again, after %.1f s and %d failed attempt(s)",
                 self.name,
                 time.monotonic() - self._down_since,
                 self._down_attempts,
