@@ -26,7 +26,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "relay", "integrations")
+AREAS = ("local", "sync", "relay", "integrations", "footprint")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -114,6 +114,10 @@ def run(
             results += run_sync(sizes, area_dir, server_cpu=server, log=log)
         elif area == "integrations":
             results += _integrations(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "footprint":
+            from benchmarks.footprint import run_footprint
+
+            results += run_footprint(sizes, area_dir, server_cpu=server, log=log)
         else:
             from benchmarks.relay import run_relay
 

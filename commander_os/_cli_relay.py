@@ -1,341 +1,236 @@
-"""``commander-os relay ...`` and ``commander-os token ...``: run and manage the relay.
-
-The relay process itself runs this CLI (``python -m commander_os.network.relay``), so nothing
-of the agent side is imported here.
-"""
+"""``commander-os relay backup|restore|verify``: backups of the SQLite central store, and a
+comparison of what a relay holds with the agents' stores or with another relay."""
 
 from __future__ import annotations
 
-import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
+from rich.console import Console
+from rich.markup import escape
 
-from commander_os._cli_options import ConfigOpt, JsonOpt
-from commander_os._cli_output import console, err_console, print_json
-from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
+__all__ = ["compare_relays", "compare_with_stores", "register"]
 
-__all__ = ["relay_app", "token_app"]
-
-relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
-token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
-
-
-# The environment (COMMANDER_OS_RELAY_DATABASE_URL, or COMMANDER_OS_DATABASE_URL) is read by
-# load_relay_config with every other setting, not by these options.
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="PostgreSQL central store URL; selects backend postgresql (default: from the "
-        "config file or $COMMANDER_OS_RELAY_DATABASE_URL).",
-    ),
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="The relay's agent_storage_dir.")
 ]
 
 
-@relay_app.command("serve")
-def _relay_serve(
-    config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Central store folder.")
+def register(relay_app: typer.Typer) -> None:
+    """Add ``backup``, ``restore`` and ``verify`` to ``commander-os relay``."""
+    relay_app.command("backup")(_backup)
+    relay_app.command("restore")(_restore)
+    relay_app.command("verify")(_verify)
+
+
+def _relay_config(config: Path | None, data_dir: Path | None) -> Any:
+    from commander_os.config import load_relay_config
+
+    settings = load_relay_config(config, overrides={"agent_storage_dir": data_dir})
+    if settings.backend != "sqlite":
+        raise typer.BadParameter(
+            "relay backups are for the SQLite central store; back PostgreSQL up with pg_dump "
+            "or base backups (see the README)"
+        )
+    return settings
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _backup(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder or .db.zst file (default: backup_dir, else agent_storage_dir/backups).",
+        ),
     ] = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Run the relay (the embedded SQLite central store unless a database_url is given)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay import serve
-
-    overrides = {
-        "host": host,
-        "port": port,
-        "agent_storage_dir": data_dir,
-        "database_url": database_url,
-    }
-    serve(load_relay_config(config, overrides=overrides))
-
-
-CentralDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="SQLite central store folder.")
-]
-
-
-def _central_store(config: Path | None, data_dir: Path | None, database_url: str | None) -> Any:
-    """The (unopened) central store that the relay config and options describe."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay.central import store_for_config
-
-    overrides = {"agent_storage_dir": data_dir, "database_url": database_url}
-    return store_for_config(load_relay_config(config, overrides=overrides))
-
-
-@relay_app.command("migrate")
-def _relay_migrate(
     config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
+    data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create or upgrade the central store's schema (the relay also does it when it starts)."""
-    import asyncio
+    """Back up the SQLite central store online (the relay may be running)."""
+    from commander_os.config import read_encryption_key
+    from commander_os.relay.central._backup import backup_central, backup_folder
 
-    store = _central_store(config, data_dir, database_url)
-
-    async def run() -> Any:
-        async with store:
-            return await store.health()
-
-    health = asyncio.run(run())
+    settings = _relay_config(config, data_dir)
+    path, manifest = backup_central(
+        settings.agent_storage_dir,
+        out or backup_folder(settings),
+        encryption_key=read_encryption_key(settings),
+    )
     if as_json:
-        print_json({"ready": health.ok, "backend": health.backend, "detail": health.detail})
-        return
-    console.print(f"central store ready ({health.backend}): {health.detail}", highlight=False)
+        _print_json({"path": str(path), "size": path.stat().st_size, **vars(manifest)})
+    else:
+        console.print(
+            f"relay backup {escape(str(path))} (revision {manifest.last_seq})", highlight=False
+        )
 
 
-@relay_app.command("export")
-def _relay_export(
-    out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
+def _restore(
+    file: Annotated[Path, typer.Argument(help="The relay backup to restore.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Move the central store there aside first.")
+    ] = False,
     config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
+    data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write every record of the central store (tombstones too) to a JSON-lines file, with
-    progress (count, rate, time left) on stderr."""
-    import asyncio
+    """Put a relay backup in place (stop the relay first). Agents refill what it lacks."""
+    from commander_os.config import read_encryption_key
+    from commander_os.relay.central._backup import restore_central
 
-    from commander_os._cli_progress import progress
-    from commander_os.relay.central._transfer import export_records, is_exportable
-
-    store = _central_store(config, data_dir, database_url)
-    source = getattr(store, "path", None)
-    if isinstance(source, Path) and not source.exists():
-        raise CentralStoreUnavailable(f"no central store at {source}: check --data-dir / --config")
-
-    damaged: list[Any] = []
-
-    async def run() -> int:
-        async with store:
-            # The agents' record counts: the total for the time left (an estimate: the store
-            # may change meanwhile; the bar follows what is really written).
-            expected = sum(agent.record_count for agent in await store.agents())
-            with progress("records") as bar:
-                task = bar.add_task("export", total=expected or None)
-
-                def advance(done: int) -> None:
-                    bar.update(task, completed=done, total=max(expected, done))
-
-                # 0600: the export holds every agent's records, like the store itself.
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                with os.fdopen(os.open(out, flags, 0o600), "wb") as f:
-                    return await export_records(
-                        store, f, on_damaged=damaged.append, on_progress=advance
-                    )
-
-    count = asyncio.run(run())
-    for record in damaged:
-        left = "exported" if is_exportable(record) else "LEFT OUT"
-        err_console.print(
-            f"warning: {record.agent_id}/{record.table}/{record.key} (rev {record.rev}) is "
-            f"damaged, {left}: {record.damaged}",
-            highlight=False,
-        )
+    settings = _relay_config(config, data_dir)
+    manifest, aside = restore_central(
+        file,
+        settings.agent_storage_dir,
+        encryption_key=read_encryption_key(settings),
+        force=force,
+    )
     if as_json:
-        print_json(
-            {
-                "exported": count,
-                "backend": store.backend,
-                "out": str(out),
-                "damaged": [
-                    {
-                        "agent_id": record.agent_id,
-                        "table": record.table,
-                        "key": record.key,
-                        "rev": record.rev,
-                        "exported": is_exportable(record),
-                        "reason": record.damaged,
-                    }
-                    for record in damaged
-                ],
-            }
-        )
-        return
-    console.print(f"exported {count} record(s) from {store.backend} to {out}", highlight=False)
-
-
-@relay_app.command("import")
-def _relay_import(
-    file: Annotated[Path, typer.Argument(help="JSON-lines file written by 'relay export'.")],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Apply an export to the central store; newer records already there win, re-runs are no-ops.
-
-    Progress (count, rate, time left) goes to stderr."""
-    import asyncio
-
-    from commander_os._cli_progress import progress
-    from commander_os.relay.central._transfer import ImportResult, import_records
-
-    if not file.is_file():
-        raise typer.BadParameter(f"{file}: no such file", param_hint="FILE")
-    store = _central_store(config, data_dir, database_url)
-
-    expected = _count_lines(file)
-
-    async def run() -> ImportResult:
-        async with store:
-            with progress("records") as bar, file.open("rb") as lines:
-                task = bar.add_task("import", total=expected)
-                return await import_records(
-                    store, lines, on_progress=lambda done: bar.update(task, completed=done)
-                )
-
-    try:
-        result = asyncio.run(run())
-    except ValueError as exc:
-        raise typer.BadParameter(f"{file}: {exc}", param_hint="FILE") from None
-    if as_json:
-        print_json(
-            {
-                "imported": result.records,
-                "applied": result.applied,
-                "ignored": result.ignored,
-                "backend": store.backend,
-            }
-        )
+        _print_json({"restored": str(file), "moved_aside": aside and str(aside), **vars(manifest)})
         return
     console.print(
-        f"imported {result.records} record(s) into {store.backend}: {result.applied} applied, "
-        f"{result.ignored} already there",
+        f"restored {escape(str(file))} (revision {manifest.last_seq}, {manifest.created}) into "
+        f"{escape(str(settings.agent_storage_dir))}",
         highlight=False,
     )
+    if aside is not None:
+        console.print(f"the central store that was there is now {escape(str(aside))}")
 
 
-def _count_lines(file: Path) -> int:
-    """Lines in ``file`` (the import's total), read in 1 MiB blocks."""
-    count = 0
-    with file.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            count += block.count(b"\n")
-    return count
-
-
-# ------------------------------------------------------------------------------- token
-
-SecretFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--secret-file", help="File holding the relay secret (default: from the relay config)."
-    ),
-]
-RelayDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="The relay's agent_storage_dir, where relay.secret lives."),
-]
-
-
-def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path | None) -> bytes:
-    """The secret the relay uses: --secret-file, else relay.secret / COMMANDER_OS_SECRET, else
-    <agent_storage_dir>/relay.secret (created if missing, as the relay would on first start)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay._auth import load_secret, read_secret_file
-
-    if secret_file is not None:
-        return read_secret_file(secret_file)
-    relay_config = load_relay_config(config, overrides={"agent_storage_dir": data_dir})
-    return load_secret(relay_config, create=True)
-
-
-@token_app.command("create")
-def _token_create(
-    agent_id: Annotated[str, typer.Argument(help="The agent the token writes as.")],
-    read_all: Annotated[
-        bool, typer.Option("--read-all", help="May read every agent (the default).")
-    ] = False,
-    read: Annotated[
-        str | None,
-        typer.Option("--read", help="Only these agents (comma-separated) besides its own."),
+def _verify(
+    relay: Annotated[str, typer.Option("--relay", help="The relay to check.")],
+    other: Annotated[
+        str | None, typer.Option("--other", help="Compare with this relay instead.")
     ] = None,
-    admin: Annotated[
-        bool, typer.Option("--admin", help="Admin: /metrics, dashboard, reads all.")
-    ] = False,
-    expires: Annotated[
-        str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
+    stores: Annotated[
+        Path | None, typer.Option("--data-dir", help="Compare with the agent stores here.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Bearer token.")
     ] = None,
     config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
     as_json: JsonOpt = False,
+    encryption_key_file: Annotated[
+        Path | None, typer.Option("--encryption-key-file", help="Key of encrypted stores.")
+    ] = None,
 ) -> None:
-    """Print a signed token for AGENT_ID (pass it to the agent as htpc_token or token_file)."""
-    from commander_os.relay._auth import issue_token, parse_expiry
+    """Compare per-agent record counts and highest versions of a relay with another relay
+    (--other) or with the agents' stores (--data-dir). Exits 1 on any difference."""
+    from commander_os.config import load_storage_config, read_encryption_key
 
-    if read_all and read is not None:
-        raise typer.BadParameter("give --read-all or --read, not both", param_hint="--read")
-    readable = None if read is None else [a.strip() for a in read.split(",") if a.strip()]
+    if (other is None) == (stores is None):
+        raise typer.BadParameter("give --other URL or --data-dir DIR")
+    if other is not None:
+        differences = compare_relays(relay, other, token)
+    else:
+        assert stores is not None
+        settings = load_storage_config(config)
+        if encryption_key_file is not None:
+            settings = settings.model_copy(
+                update={"encryption_key": None, "encryption_key_file": encryption_key_file}
+            )
+        differences = compare_with_stores(relay, stores, token, read_encryption_key(settings))
+    if as_json:
+        _print_json({"relay": relay, "differences": differences, "ok": not differences})
+    elif differences:
+        for entry in differences:
+            err_console.print(f"[red]differs[/] {escape(entry['problem'])}", highlight=False)
+    else:
+        console.print(f"[green]ok[/] {escape(relay)} agrees", highlight=False)
+    if differences:
+        raise typer.Exit(1)
+
+
+def _agents(url: str, token: str | None) -> dict[str, dict[str, Any]]:
+    from commander_os.storage._delivery.client import RelayClient
+
+    with RelayClient(url, token=token) as client:
+        return {agent["agent_id"]: agent for agent in client.agents()}
+
+
+def compare_relays(first: str, second: str, token: str | None) -> list[dict[str, Any]]:
+    """Per-agent differences (tables' record counts, highest version) between two relays."""
+    left, right = _agents(first, token), _agents(second, token)
+    differences = []
+    for agent in sorted(set(left) | set(right)):
+        a, b = left.get(agent), right.get(agent)
+        if a is None or b is None:
+            where = second if a is not None else first
+            differences.append({"agent_id": agent, "problem": f"{agent}: missing on {where}"})
+            continue
+        for field in ("tables", "highest_version"):
+            if a.get(field) != b.get(field):
+                differences.append(
+                    {
+                        "agent_id": agent,
+                        "problem": f"{agent}: {field} {a.get(field)} vs {b.get(field)}",
+                    }
+                )
+    return differences
+
+
+def compare_with_stores(
+    relay: str, data_dir: Path, token: str | None, key: str | None
+) -> list[dict[str, Any]]:
+    """Per-agent differences between a relay and the stores under ``data_dir``: rows per synced
+    table (when nothing is queued), and whether the relay holds the store's incarnation."""
+    from commander_os.storage._inspect import find_stores
+
+    held = _agents(relay, token)
+    differences = []
+    for path in find_stores(data_dir, encryption_key=key):
+        local = _store_counts(path, key)
+        agent = path.stem
+        remote = held.get(agent)
+        if remote is None:
+            if any(local["tables"].values()):
+                differences.append({"agent_id": agent, "problem": f"{agent}: not on the relay"})
+            continue
+        tables = {name: count for name, count in remote.get("tables", {}).items() if count}
+        mine = {name: count for name, count in local["tables"].items() if count}
+        if local["queued"] == 0 and tables != mine:
+            differences.append(
+                {"agent_id": agent, "problem": f"{agent}: rows {mine} locally, {tables} on relay"}
+            )
+        incarnation = int(remote.get("highest_version", 0)) >> 32
+        if local["incarnation"] and incarnation > local["incarnation"]:
+            differences.append(
+                {
+                    "agent_id": agent,
+                    "problem": f"{agent}: relay holds incarnation {incarnation}, the store "
+                    f"{local['incarnation']} (another store took the agent over)",
+                }
+            )
+    return differences
+
+
+def _store_counts(path: Path, key: str | None) -> dict[str, Any]:
+    from commander_os import _sqlite as db
+    from commander_os.storage import _outbox as outbox
+    from commander_os.storage._delivery import identity
+
+    conn = db.open_file(path, encryption_key=key if db.is_encrypted(path) else None, read_only=True)
     try:
-        expires_at = None if expires is None else parse_expiry(expires)
-        secret = _relay_secret(config, data_dir, secret_file)
-        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
-    except ValueError as exc:
-        if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
-            raise
-        raise typer.BadParameter(str(exc)) from None
-    if as_json:
-        print_json(
-            {
-                "token": token,
-                "agent_id": agent_id,
-                "read": readable,
-                "admin": admin,
-                "expires_at": _iso(expires_at),
-            }
-        )
-        return
-    sys.stdout.write(token + "\n")
-
-
-@token_app.command("verify")
-def _token_verify(
-    token: Annotated[str, typer.Argument(help="The token to check.")],
-    config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Check a token against the relay secret and print what it grants (exit 1 if invalid)."""
-    from commander_os.relay._auth import describe_expiry, verify_token
-
-    claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
-    readable = claims.readable()
-    if as_json:
-        print_json(
-            {
-                "valid": True,
-                "token_id": claims.token_id,
-                "agent_id": claims.agent_id,
-                "read": None if readable is None else sorted(readable),
-                "admin": claims.admin,
-                "issued_at": _iso(claims.issued_at),
-                "expires_at": _iso(claims.expires_at),
-            }
-        )
-        return
-    reads = "every agent" if readable is None else ", ".join(sorted(readable))
-    sys.stdout.write(
-        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
-        f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
-    )
-
-
-def _iso(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="seconds")
+        tables = {}
+        for name in outbox.registered_tables(conn):
+            if conn.execute(outbox.TABLE_EXISTS, (name,)).fetchone() is not None:
+                quoted = outbox.quote(name)
+                tables[name] = int(conn.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0])
+        return {
+            "tables": tables,
+            "queued": outbox.queue_size(conn),
+            "incarnation": identity.incarnation(conn),
+        }
+    finally:
+        conn.close()

@@ -17,10 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
+from commander_os._cli_backup import register as register_backup_commands
 from commander_os._cli_dead_letters import dead_letters_app
 from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt, storage_settings
 from commander_os._cli_output import console, err_console, print_json
-from commander_os._cli_relay import relay_app, token_app
+from commander_os._cli_relay import register as register_relay_backup_commands
+from commander_os._cli_relay_core import relay_app, token_app
 from commander_os.errors import CommanderStorageError
 
 __all__ = ["app", "main", "run_relay_command"]
@@ -33,7 +35,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(relay_app, name="relay")
+register_relay_backup_commands(relay_app)
 app.add_typer(token_app, name="token")
+register_backup_commands(app)
 app.add_typer(dead_letters_app, name="dead-letters")
 
 
@@ -402,7 +406,7 @@ def _bench(
     full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
-    ] = "local,sync,relay",
+    ] = "local,sync,relay,footprint",
     as_json: JsonOpt = False,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the results as JSON here.")

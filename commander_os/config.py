@@ -187,8 +187,19 @@ class StorageConfig(_Settings):
 
     local_data_dir: Path = Path("./data/agents")
     htpc_url: str = DEFAULT_RELAY_URL
-    #: Further relays to fail over to, tried in order after ``htpc_url``.
+    #: Further relays to fail over to, tried in order after ``htpc_url``: several fronts of ONE
+    #: central store (a write goes to whichever answers). Not redundancy: see ``replicate_to``.
     htpc_urls: list[str] = Field(default_factory=list)
+    #: Further central stores that each receive every write (redundancy): one entry per store,
+    #: a URL or a fail-over list of relays in front of it. Each keeps its own cursor.
+    replicate_to: list[str | list[str]] = Field(default_factory=list)
+    #: How many targets (``htpc_url`` plus ``replicate_to``) must hold a write before it counts
+    #: as acknowledged (``sync_mode="sync"``, ``wait_for_sync``, ``process_sync_queue``,
+    #: ``close``): a number, ``majority`` or ``all``.
+    sync_quorum: int | Literal["majority", "all"] = "majority"
+    #: While a target is away, keep only each key's newest change in the outbox, so it stays
+    #: bounded by the keys changed rather than the writes made (off: keep every change).
+    compact_outbox: bool = True
     enable_htpc: bool = True
     #: Seconds; the longest pause between retries while the relay is away.
     sync_interval: float = Field(default=60, gt=0, le=86400)
@@ -224,6 +235,12 @@ class StorageConfig(_Settings):
     #: Open the database even if its path is a symbolic link (refused by default: a link
     #: planted there would send every write elsewhere).
     follow_symlinks: bool = False
+    #: Seconds between two automatic backups of an open store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Backups kept per agent in its backup folder (older ones go after each automatic one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
+    #: Folder of the backups; None: ``backups`` beside the store's database.
+    backup_dir: Path | None = None
 
     @field_validator("htpc_url")
     @classmethod
@@ -235,9 +252,54 @@ class StorageConfig(_Settings):
     def _urls(cls, value: list[str]) -> list[str]:
         return [_check_http_url(url) for url in value]
 
+    @field_validator("replicate_to")
+    @classmethod
+    def _replicas(cls, value: list[str | list[str]]) -> list[str | list[str]]:
+        checked: list[str | list[str]] = []
+        for entry in value:
+            if isinstance(entry, str):
+                checked.append(_check_http_url(entry))
+            elif not entry:
+                raise ValueError("a replicate_to entry is a URL or a non-empty list of URLs")
+            else:
+                checked.append([_check_http_url(url) for url in entry])
+        return checked
+
+    @model_validator(mode="after")
+    def _quorum(self) -> StorageConfig:
+        targets = len(self.target_urls())
+        if isinstance(self.sync_quorum, int) and not 1 <= self.sync_quorum <= targets:
+            raise ValueError(
+                f"sync_quorum {self.sync_quorum} must be between 1 and the number of targets "
+                f"({targets}: htpc_url and {targets - 1} replicate_to entries), or 'majority' "
+                "or 'all'"
+            )
+        return self
+
     def relay_urls(self) -> list[str]:
         """``htpc_url`` followed by any further ``htpc_urls``, without repeats."""
         return list(dict.fromkeys([self.htpc_url, *self.htpc_urls]))
+
+    def target_urls(self) -> list[list[str]]:
+        """Every central store a write goes to: the first is ``htpc_url`` with its fail-over
+        ``htpc_urls``, then each ``replicate_to`` entry. A store named twice counts once."""
+        stores = [self.relay_urls()]
+        seen = {stores[0][0]}
+        for entry in self.replicate_to:
+            urls = list(dict.fromkeys([entry] if isinstance(entry, str) else entry))
+            if urls[0] not in seen:
+                seen.add(urls[0])
+                stores.append(urls)
+        return stores
+
+    def quorum_size(self) -> int:
+        """How many targets must hold a write for it to count as acknowledged."""
+        targets = len(self.target_urls())
+        if self.sync_quorum == "all":
+            return targets
+        if self.sync_quorum == "majority":
+            return targets // 2 + 1
+        return self.sync_quorum
 
 
 class TLSConfig(_Section):
@@ -336,6 +398,12 @@ class RelayConfig(_Settings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     #: Agents exported one by one in ``/metrics`` (the rest are summed as agent="other").
     metrics_max_agents: int = Field(default=50, ge=1, le=10_000)
+    #: Seconds between two online backups of the SQLite central store; None: none.
+    backup_interval: float | None = Field(default=None, gt=0, le=366 * 86400)
+    #: Relay backups kept in ``backup_dir`` (older ones go after each scheduled one).
+    backup_keep: int = Field(default=7, ge=1, le=100_000)
+    #: Folder of the relay's backups; None: ``backups`` in ``agent_storage_dir``.
+    backup_dir: Path | None = None
 
     @field_validator("host")
     @classmethod

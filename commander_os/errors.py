@@ -17,7 +17,8 @@ so ``except ValueError`` keeps working.
     │   ├── StorageBusy                the database stayed locked past busy_timeout
     │   ├── SchemaError                migrations failed or are inconsistent
     │   │   └── SchemaTooNew           the database was written by newer code
-    │   └── EncryptionError            wrong or missing encryption key
+    │   ├── EncryptionError            wrong or missing encryption key
+    │   └── BackupError                a backup file that is damaged, incomplete or not ours
     ├── RelayError                     talking to the relay
     │   ├── RelayUnavailable           connection refused / timed out / 5xx / 429
     │   ├── RelayRejected              the relay refused the request (4xx); carries status
@@ -42,6 +43,7 @@ Values that cannot be encoded as JSON raise the standard :class:`TypeError`, nam
 from __future__ import annotations
 
 __all__ = [
+    "BackupError",
     "CentralStoreError",
     "CentralStoreUnavailable",
     "CommanderStorageError",
@@ -112,6 +114,10 @@ class SchemaTooNew(SchemaError):
 
 class EncryptionError(StorageError):
     """The database could not be opened with the given encryption key (or lack of one)."""
+
+
+class BackupError(StorageError):
+    """A backup file is damaged, incomplete, not a backup, or does not match its manifest."""
 
 
 class RelayError(CommanderStorageError):

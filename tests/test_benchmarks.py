@@ -42,6 +42,11 @@ EXPECTED = (
     "query round trip, analytics on vs off",
     "analytics bookkeeping per ingested record",
     "analytics bookkeeping per query",
+    "local bytes per record",
+    "central bytes per record",
+    "backup, local store",
+    "restore from a local backup",
+    "restore from the relay",
 )
 PEERS = {"raw sqlite3", "diskcache", "sqlitedict"}
 

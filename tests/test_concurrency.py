@@ -32,8 +32,9 @@ data_dir, relay_url, name, writes, go = sys.argv[1:6]
 writes = int(writes)
 while not os.path.exists(go):
     time.sleep(0.001)
+# compact_outbox off: the test counts every captured write in the queue.
 storage = AgentStorage("shared", Path(data_dir), htpc_url=relay_url, enable_htpc=True,
-                       sync_interval=0.5)
+                       sync_interval=0.5, compact_outbox=False)
 errors = []
 
 def work(thread):
@@ -117,8 +118,10 @@ def test_processes_and_threads_write_one_store(
 
 
 def test_threads_share_one_store(make_storage: MakeStorage, dead_relay_url: str) -> None:
-    storage = make_storage(enable_htpc=True, htpc_url=dead_relay_url, sync_interval=0.5)
-    other = make_storage(enable_htpc=True, htpc_url=dead_relay_url, sync_interval=0.5)
+    # compact_outbox off: the test counts every captured write in the queue.
+    settings = {"htpc_url": dead_relay_url, "sync_interval": 0.5, "compact_outbox": False}
+    storage = make_storage(enable_htpc=True, **settings)
+    other = make_storage(enable_htpc=True, **settings)
     errors: list[BaseException] = []
 
     def work(store: AgentStorage, name: str) -> None:

@@ -39,6 +39,8 @@ LOADERS = {StorageConfig: load_storage_config, RelayConfig: load_relay_config}
 SAMPLES: dict[str, Any] = {
     "agent_storage.htpc_url": "http://127.0.0.1:9101",
     "agent_storage.htpc_urls": ["http://127.0.0.1:9102", "http://127.0.0.1:9103"],
+    "agent_storage.replicate_to": ["http://127.0.0.1:9104", "http://127.0.0.1:9105"],
+    "agent_storage.sync_quorum": "all",
     "relay.database_url": PG_URL,
     "relay.allowed_hosts": ["relay.example.com", "*.example.org"],
     "relay.trusted_proxies": ["10.0.0.0/8"],

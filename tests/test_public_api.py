@@ -42,6 +42,7 @@ PUBLIC_MODULES = {
     "commander_os.relay.central",
     "commander_os.relay.dashboard",
     "commander_os.storage",
+    "commander_os.storage.backups",
     "commander_os.storage.agent_storage",
     "commander_os.storage.base_storage",
 }

@@ -66,7 +66,11 @@ class TeamStorage(BaseStorage):
 
 @pytest.fixture
 def synced(make_storage: MakeStorage, dead_relay_url: str) -> Callable[..., Any]:
-    """Open a store with sync on, pointed at a relay nobody runs (so the queue keeps all)."""
+    """Open a store with sync on, pointed at a relay nobody runs (so the queue keeps all).
+
+    These tests look at capture itself: ``compact_outbox`` is off, or the queue would keep
+    only each key's newest change while the relay is away (test_replication.py).
+    """
 
     def open_store(cls: type[Any] = AgentStorage, agent_id: str = "syncer", **kw: Any) -> Any:
         return make_storage(
@@ -76,6 +80,7 @@ def synced(make_storage: MakeStorage, dead_relay_url: str) -> Callable[..., Any]
             htpc_url=dead_relay_url,
             close_timeout=0,
             sync_interval=0.2,
+            compact_outbox=False,
             **kw,
         )
 

@@ -17,8 +17,9 @@ bodies. :mod:`._server` runs the app.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Security
@@ -59,6 +60,7 @@ from commander_os.relay._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from commander_os.relay._reads import run_query, unknown_agent_hints
 from commander_os.relay._state import RelayState
 from commander_os.relay.central import CentralStore, CentralStoreUnavailable, store_for_config
+from commander_os.relay.central._backup import backup_loop
 from commander_os.relay.dashboard import DASHBOARD_PATHS, add_dashboard_routes
 
 __all__ = ["create_app"]
@@ -330,9 +332,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.store.open()
+        backups = asyncio.create_task(backup_loop(config)) if config.backup_interval else None
         try:
             yield
         finally:
+            if backups is not None:
+                backups.cancel()
+                with suppress(asyncio.CancelledError):
+                    await backups
             if state.owns_store:
                 await state.store.close()
 

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from commander_os import _sqlite as db
+from commander_os._archive import copy_database
 from commander_os._files import make_private_dir
 
 __all__ = ["backup_to"]
@@ -36,9 +37,4 @@ def backup_to(source: sqlite3.Connection, target: Path, *, encryption_key: str |
 
 
 def _copy(source: sqlite3.Connection, path: Path, encryption_key: str | None) -> None:
-    copy = db.open_file(path, encryption_key=encryption_key)
-    try:
-        source.backup(copy)
-        copy.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        copy.close()
+    copy_database(source, path, encryption_key=encryption_key)

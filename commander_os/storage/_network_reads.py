@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage._delivery.client import AsyncRelayClient
+from commander_os.storage._delivery.targets import Target
 
 __all__ = ["AsyncReads", "Where", "query_filters"]
 
@@ -67,7 +68,7 @@ def query_filters(
 
 
 class AsyncReads:
-    """A store's :class:`AsyncRelayClient`, one per event loop, made on first use.
+    """A store's :class:`AsyncRelayClient` per target, one per event loop, made on first use.
 
     An ``httpx.AsyncClient``'s connections belong to the loop that opened them, so a store used
     from two loops (two ``asyncio.run`` calls, or a loop per thread) gets a client per loop.
@@ -76,25 +77,26 @@ class AsyncReads:
     before the loop: a small generator per client holds its ``aclose``).
     """
 
-    def __init__(self, make: Callable[[], AsyncRelayClient]) -> None:
+    def __init__(self, make: Callable[[Target], AsyncRelayClient]) -> None:
         self._make = make
-        self._clients: dict[asyncio.AbstractEventLoop, asyncio.Task[_Held]] = {}
+        self._clients: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[_Held]] = {}
         self._lock = threading.Lock()
 
-    async def client(self) -> AsyncRelayClient:
-        """The client of the running event loop."""
+    async def client(self, target: Target) -> AsyncRelayClient:
+        """The client of ``target`` on the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            starting = self._clients.get(loop)
+            starting = self._clients.get((loop, target.name))
             if starting is None or _failed(starting):
-                for old in [old for old in self._clients if old.is_closed()]:
+                for old in [old for old in self._clients if old[0].is_closed()]:
                     del self._clients[old]  # its loop ended and closed it
-                starting = self._clients[loop] = loop.create_task(self._start())
+                starting = loop.create_task(self._start(target))
+                self._clients[loop, target.name] = starting
         return (await asyncio.shield(starting)).client
 
-    async def _start(self) -> _Held:
+    async def _start(self, target: Target) -> _Held:
         # Made in a worker thread, once per loop: building a client may read a CA bundle.
-        client = await asyncio.to_thread(self._make)
+        client = await asyncio.to_thread(self._make, target)
         held = _Held(client, _closer(client))
         await anext(held.closer)  # started: the loop now closes it at shutdown
         return held
@@ -107,7 +109,7 @@ class AsyncReads:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, starting in clients.items():
+        for (loop, _), starting in clients.items():
             if loop.is_closed() or not starting.done() or starting.cancelled():
                 continue  # a client still being made is closed by its loop at shutdown
             if starting.exception() is not None:

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from commander_os.identifiers import validate_table_name
+from commander_os.storage._values import unpack
 
 __all__ = [
     "INTERNAL_SCHEMA",
@@ -40,17 +41,20 @@ __all__ = [
     "PendingChange",
     "SyncedTable",
     "ack",
+    "compacting",
     "dead_letter",
     "dead_letter_count",
     "drop_triggers",
     "floor",
     "has_row",
     "install_triggers",
+    "key_values",
     "last_seq",
     "load_changes",
     "oldest_pending_time",
     "pending",
     "queue_size",
+    "quote",
     "record_failure",
     "register_table",
     "registered_tables",
@@ -206,8 +210,12 @@ class PendingChange(NamedTuple):
         return self.seqs[-1]
 
 
-def _quote(identifier: str) -> str:
+def quote(identifier: str) -> str:
+    """``identifier`` as a quoted SQL identifier."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+_quote = quote
 
 
 def _trigger_sql(table: SyncedTable) -> list[str]:
@@ -375,7 +383,9 @@ def _decoded(
         data = dict(zip(names, values, strict=True))
         for column in table.json_columns:
             value = data.get(column)
-            if isinstance(value, (str, bytes)):
+            if isinstance(value, bytes):
+                data[column] = decode(unpack(value))  # a large value, compressed at rest
+            elif isinstance(value, str):
                 data[column] = decode(value)
         for name, value in data.items():
             if isinstance(value, bytes):
@@ -400,16 +410,27 @@ def table_chunk(
     return chunk
 
 
+def key_values(table: SyncedTable, key: str) -> list[Any] | None:
+    """The primary-key values of the row whose wire key is ``key`` (None if it cannot be one).
+
+    A one-column key is the bare text (SQLite's column affinity turns ``"5"`` back into 5).
+    """
+    if len(table.primary_key) == 1:
+        return [key]
+    try:
+        parsed = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        return None
+    values = list(parsed) if isinstance(parsed, list) else [parsed]
+    return values if len(values) == len(table.primary_key) else None
+
+
 def has_row(conn: sqlite3.Connection, table: SyncedTable, key: str) -> bool:
     """Whether ``table`` holds the row whose wire key is ``key``."""
     columns = [_quote(column) for column in table.primary_key]
-    if len(columns) == 1:
-        values: list[Any] = [key]
-    else:
-        parsed = orjson.loads(key)
-        values = list(parsed) if isinstance(parsed, list) else [parsed]
-        if len(values) != len(columns):
-            return False
+    values = key_values(table, key)
+    if values is None:
+        return False
     where = " AND ".join(f"{column} = ?" for column in columns)
     sql = f"SELECT 1 FROM {_quote(table.name)} WHERE {where} LIMIT 1"
     return conn.execute(sql, values).fetchone() is not None
@@ -426,9 +447,11 @@ def last_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute(SELECT_LAST_SEQ).fetchone()[0])
 
 
-def queue_size(conn: sqlite3.Connection) -> int:
-    """Number of changes some target has not acknowledged yet."""
-    return int(conn.execute(COUNT_PENDING, (floor(conn),)).fetchone()[0])
+def queue_size(conn: sqlite3.Connection, after_seq: int | None = None) -> int:
+    """Number of changes some target (or the target whose cursor is ``after_seq``) has not
+    acknowledged yet."""
+    start = floor(conn) if after_seq is None else after_seq
+    return int(conn.execute(COUNT_PENDING, (start,)).fetchone()[0])
 
 
 def dead_letter_count(conn: sqlite3.Connection) -> int:
@@ -436,9 +459,11 @@ def dead_letter_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute(COUNT_DEAD).fetchone()[0])
 
 
-def oldest_pending_time(conn: sqlite3.Connection) -> float | None:
-    """Unix time at which the oldest waiting change was written, or None if none waits."""
-    value = conn.execute(OLDEST_PENDING, (floor(conn),)).fetchone()[0]
+def oldest_pending_time(conn: sqlite3.Connection, after_seq: int | None = None) -> float | None:
+    """Unix time at which the oldest change waiting for some target (or for the target whose
+    cursor is ``after_seq``) was written, or None if none waits."""
+    start = floor(conn) if after_seq is None else after_seq
+    value = conn.execute(OLDEST_PENDING, (start,)).fetchone()[0]
     return None if value is None else float(value)
 
 
@@ -482,13 +507,17 @@ def dead_letter(
         conn.execute(MARK_ONE if seq == top else DELETE_ONE, (seq,))
 
 
+def compacting(conn: sqlite3.Connection) -> bool:
+    """Whether the queue keeps only each key's newest change (:func:`set_compaction`)."""
+    return conn.execute(HAS_COMPACTOR).fetchone() is not None
+
+
 def set_compaction(conn: sqlite3.Connection, on: bool) -> bool:
     """Keep only each key's newest change (``on``), or every change; True if it changed.
 
     Switching on also compacts what is queued. Call inside a write transaction.
     """
-    active = conn.execute(HAS_COMPACTOR).fetchone() is not None
-    if active == on:
+    if compacting(conn) == on:
         return False
     if on:
         conn.execute(COMPACT_NOW)

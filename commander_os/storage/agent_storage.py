@@ -31,6 +31,7 @@ from commander_os.identifiers import prefix_upper_bound, validate_key
 from commander_os.protocol import KV_TABLE
 from commander_os.storage._migrations import Migration
 from commander_os.storage._outbox import SyncedTable
+from commander_os.storage._values import pack, unpack
 from commander_os.storage.base_storage import BaseStorage, run_in_thread
 
 __all__ = ["KV_TABLE", "AgentStorage"]
@@ -108,6 +109,13 @@ def _not_json(value: Any, path: list[Any], depth: int = 0) -> str | None:
     return f"a {type(value).__name__} object, which JSON cannot hold"
 
 
+def _load(stored: str | bytes) -> Any:
+    """A stored value: JSON text, or (large values) a zstd frame of it."""
+    if type(stored) is str:
+        return orjson.loads(stored)
+    return orjson.loads(unpack(stored))  # type: ignore[arg-type]
+
+
 def _non_json_problem(value: Any) -> str | None:
     """Where ``value`` holds something JSON cannot, and what: ``value['ids'][0] is a UUID``."""
     path: list[Any] = []
@@ -126,7 +134,7 @@ class AgentStorage(BaseStorage):
     migrations = (Migration(1, "key-value table", CREATE_KV),)
     synced_tables = (SyncedTable(KV_TABLE, ("key",), ("value",)),)
 
-    def _encode(self, key: str, value: Any) -> str:
+    def _encode(self, key: str, value: Any) -> str | bytes:
         try:
             encoded = orjson.dumps(value, option=_ENCODE_OPTIONS)
         except TypeError as exc:
@@ -141,7 +149,14 @@ class AgentStorage(BaseStorage):
                 f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "
                 f"{self.config.max_value_bytes} (max_value_bytes)"
             )
-        return encoded.decode()
+        return pack(encoded)
+
+    def _restored_row(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """Rows restored from the relay keep large values compressed, as ``set`` does."""
+        value = row.get("value")
+        if table == KV_TABLE and isinstance(value, str):
+            return {**row, "value": pack(value.encode())}
+        return row
 
     # ------------------------------------------------------------------------------ writes
 
@@ -175,7 +190,7 @@ class AgentStorage(BaseStorage):
         validate_key(key)
         with self._lock:
             row = self._require_open().execute(SELECT_VALUE, (key,)).fetchone()
-        return default if row is None else orjson.loads(row[0])
+        return default if row is None else _load(row[0])
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The stored values of ``keys``; keys without a value are left out."""
@@ -187,7 +202,7 @@ class AgentStorage(BaseStorage):
                 row = conn.execute(SELECT_VALUE, (key,)).fetchone()
                 if row is not None:
                     found[key] = row[0]
-        return {key: orjson.loads(text) for key, text in found.items()}
+        return {key: _load(text) for key, text in found.items()}
 
     def exists(self, key: str) -> bool:
         """True if a value is stored under ``key``."""
@@ -212,7 +227,7 @@ class AgentStorage(BaseStorage):
         """Every key and value (whose key starts with ``prefix``), sorted by key."""
         with self._lock:
             rows = self._scan(SELECT_ALL, SELECT_RANGE, SELECT_FROM, prefix).fetchall()
-        return {key: orjson.loads(text) for key, text in rows}
+        return {key: _load(text) for key, text in rows}
 
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """``(key, value)`` pairs sorted by key, read as one consistent snapshot."""
@@ -234,13 +249,16 @@ class AgentStorage(BaseStorage):
             return conn.execute(from_sql, (prefix,))
         return conn.execute(range_sql, (prefix, end))
 
-    def get_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
+    def get_remote(
+        self, agent_id: str, key: str, default: Any = None, *, target: str | None = None
+    ) -> Any:
         """The value another agent stored under ``key``, read from the relay.
 
         ``default`` when that agent has no such key on the relay (or deleted it). Raises
-        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked. With
+        ``replicate_to``, read from the first healthy target, or from ``target``.
         """
-        record = self.get_network_record(agent_id, KV_TABLE, validate_key(key))
+        record = self.get_network_record(agent_id, KV_TABLE, validate_key(key), target=target)
         if record is None or record.get("data") is None:
             return default
         return record["data"]["value"]

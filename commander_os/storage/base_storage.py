@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from commander_os import _sqlite as db
+from commander_os._archive import Progress
 from commander_os._files import make_private_dir
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
-from commander_os.errors import ConfigError, RelayError, StorageClosed
+from commander_os.errors import ConfigError, RelayError, RelayUnavailable, StorageClosed
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage import _fork
 from commander_os.storage import _outbox as outbox
@@ -42,11 +43,12 @@ from commander_os.storage._closing import CloseResult, Closing
 from commander_os.storage._delivery import identity
 from commander_os.storage._delivery import targets as delivery_targets
 from commander_os.storage._delivery.shipper import Shipper
-from commander_os.storage._delivery.status import delivery_status
+from commander_os.storage._delivery.status import Backlog, backlogs, delivery_status
 from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
 from commander_os.storage._network_reads import AsyncReads, Where, query_filters
 from commander_os.storage._outbox import SyncedTable
+from commander_os.storage._scheduler import BackupScheduler
 
 if TYPE_CHECKING:
     from typing import Self
@@ -115,6 +117,8 @@ class BaseStorage:
         self._closing = False
         self._link: StoreLink | None = None
         self._relay: RelayClient | None = None
+        #: Clients of the other targets (``replicate_to``), for reads that fall back to them.
+        self._replica_readers: dict[str, RelayClient] = {}
         self._async_reads = AsyncReads(self._make_async_client)
         self._encryption_key = read_encryption_key(self.config)
         make_private_dir(self.data_dir)  # 0700: other users must not read the store
@@ -128,6 +132,8 @@ class BaseStorage:
         _fork.track(self)
         if self.config.enable_htpc:
             self._start_shipping()
+        if self.config.backup_interval:
+            BackupScheduler.for_process().add(self)
 
     # ----------------------------------------------------------------- construction helpers
 
@@ -356,7 +362,7 @@ class BaseStorage:
         for lane in link.lanes.values():
             lane.limit = min(lane.batch_size, batch_size or lane.batch_size)
         Shipper.for_process().flush(link, None, fail_fast=True)
-        acked = min(link.acked_positions(), default=0)
+        acked = link.quorum_position()
         with self._lock:
             dead = _dead_among(self._require_open(), seqs)
         return sum(1 for seq in seqs if seq <= acked) - dead
@@ -430,11 +436,11 @@ class BaseStorage:
                 self._relay = RelayClient.from_config(self.config)
             return self._relay
 
-    def _make_async_client(self) -> AsyncRelayClient:
+    def _make_async_client(self, store: delivery_targets.Target) -> AsyncRelayClient:
         from commander_os.storage._delivery.client import AsyncRelayClient
 
         self._require_open()
-        return AsyncRelayClient.from_config(self.config)
+        return AsyncRelayClient.from_config(self.config, urls=list(store.urls))
 
     def query_network(
         self,
@@ -448,12 +454,16 @@ class BaseStorage:
         include_deleted: bool = False,
         page_size: int = 100,
         max_records: int | None = None,
+        target: str | None = None,
     ) -> list[dict[str, Any]]:
         """Query every agent's data on the relay (``/relay/query``), following cursors.
 
         ``where`` clauses are ``{"field": "value.theme", "op": "eq", "value": "dark"}`` dicts
         or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
-        key, data, version, ts, deleted``). Raises :class:`~commander_os.errors.RelayError`.
+        key, data, version, ts, deleted``). With ``replicate_to`` the query goes to the first
+        healthy target and falls back to the next one that answers; ``target`` (the URL of
+        one of its relays) names the one to ask. Raises
+        :class:`~commander_os.errors.RelayError` when no target can answer.
         """
         filters = query_filters(
             agent_id=agent_id,
@@ -465,7 +475,19 @@ class BaseStorage:
             include_deleted=include_deleted,
             page_size=page_size,
         )
-        return list(self.relay.query_all(max_records=max_records, **filters))
+        failures: list[RelayUnavailable] = []
+        for client in self._read_clients(target):
+            try:
+                # Whole, or again from the start on the next target: a cursor of one central
+                # store means nothing to another.
+                return list(client.query_all(max_records=max_records, **filters))
+            except RelayUnavailable as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise RelayUnavailable(
+            "no target could answer: " + "; ".join(str(exc) for exc in failures)
+        ) from failures[-1]
 
     async def aquery_network(
         self,
@@ -479,9 +501,11 @@ class BaseStorage:
         include_deleted: bool = False,
         page_size: int = 100,
         max_records: int | None = None,
+        target: str | None = None,
     ) -> list[dict[str, Any]]:
         """:meth:`query_network` as a coroutine on ``httpx.AsyncClient``: the event loop keeps
-        running while the relay answers (no thread per call)."""
+        running while the relay answers (no thread per call). Falls back along the targets as
+        :meth:`query_network` does."""
         filters = query_filters(
             agent_id=agent_id,
             table=table,
@@ -492,24 +516,74 @@ class BaseStorage:
             include_deleted=include_deleted,
             page_size=page_size,
         )
-        client = await self._async_reads.client()
-        return [record async for record in client.query_all(max_records=max_records, **filters)]
+        failures: list[RelayUnavailable] = []
+        for store in self._read_targets(target):
+            client = await self._async_reads.client(store)
+            try:
+                pages = client.query_all(max_records=max_records, **filters)
+                return [record async for record in pages]
+            except RelayUnavailable as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise RelayUnavailable(
+            "no target could answer: " + "; ".join(str(exc) for exc in failures)
+        ) from failures[-1]
 
-    def get_network_record(self, agent_id: str, table: str, key: str) -> dict[str, Any] | None:
+    def get_network_record(
+        self, agent_id: str, table: str, key: str, *, target: str | None = None
+    ) -> dict[str, Any] | None:
         """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
 
         None when the relay holds no such row or holds its deletion. Raises
-        :class:`~commander_os.errors.RelayError` if the relay cannot be asked.
+        :class:`~commander_os.errors.RelayError` if the relay cannot be asked. ``target`` as
+        in :meth:`query_network`.
         """
-        records = self.query_network(agent_id=agent_id, table=table, key=key, max_records=1)
+        records = self.query_network(
+            agent_id=agent_id, table=table, key=key, max_records=1, target=target
+        )
         return records[0] if records else None
 
     async def aget_network_record(
-        self, agent_id: str, table: str, key: str
+        self, agent_id: str, table: str, key: str, *, target: str | None = None
     ) -> dict[str, Any] | None:
         """:meth:`get_network_record` as a coroutine (no thread per call)."""
-        records = await self.aquery_network(agent_id=agent_id, table=table, key=key, max_records=1)
+        records = await self.aquery_network(
+            agent_id=agent_id, table=table, key=key, max_records=1, target=target
+        )
         return records[0] if records else None
+
+    def _read_targets(self, target: str | None) -> list[delivery_targets.Target]:
+        """The targets a network read tries, in order: ``target``'s alone, or every target,
+        those whose deliveries succeed first (configuration order otherwise)."""
+        stores = delivery_targets.config_targets(self.config)
+        if target is not None:
+            wanted = target.rstrip("/")
+            stores = [store for store in stores if wanted in store.urls]
+            if not stores:
+                names = ", ".join(t.name for t in delivery_targets.config_targets(self.config))
+                raise ValueError(f"target {target!r} is not one of this store's ({names})")
+        link = self._link
+        if link is not None and target is None:
+            failing = {name for name, lane in link.lanes.items() if lane.failures}
+            stores.sort(key=lambda store: store.name in failing)  # stable: config order kept
+        return stores
+
+    def _read_clients(self, target: str | None) -> list[RelayClient]:
+        """The blocking clients of :meth:`_read_targets`."""
+        return [self._reader(store) for store in self._read_targets(target)]
+
+    def _reader(self, store: delivery_targets.Target) -> RelayClient:
+        if store.name == self.config.relay_urls()[0]:
+            return self.relay
+        with self._lock:
+            client = self._replica_readers.get(store.name)
+            if client is None:
+                from commander_os.storage._delivery.client import RelayClient
+
+                client = RelayClient.from_config(self.config, urls=list(store.urls))
+                self._replica_readers[store.name] = client
+            return client
 
     # ---------------------------------------------------------------------------- health
 
@@ -518,7 +592,9 @@ class BaseStorage:
 
         ``agent_id, local_db, htpc_enabled, sync_queue_size, timestamp`` as in the seed, and
         ``db_path, schema_version, durability, dead_letters, oldest_pending_age`` and, with
-        sync on, ``relay`` (url, reachable, last_sync, last_error).
+        sync on, ``relay`` (url, reachable, last_sync, last_error) and ``targets``: each central
+        store's cursor, queue, oldest pending age, last success and last error, with the names
+        of those behind in ``lagging_targets``.
         """
         health = seed_keys(self.agent_id, self.config.enable_htpc)
         health.update(
@@ -527,6 +603,7 @@ class BaseStorage:
             encrypted=self._encryption_key is not None,
         )
         cursors: dict[str, delivery_targets.Cursor] = {}
+        waiting: dict[str, Backlog] = {}
         try:
             with self._lock:
                 conn = self._require_open()
@@ -535,10 +612,11 @@ class BaseStorage:
                 health["conflict"] = identity.conflict(conn)
                 health["retired"] = identity.is_retired(conn)
                 cursors = delivery_targets.load(conn)
+                waiting = backlogs(conn, self._link, cursors)
         except HEALTH_ERRORS as exc:
             health["error"] = str(exc)
         if self._link is not None:
-            health.update(delivery_status(self._link, cursors))
+            health.update(delivery_status(self._link, cursors, waiting))
         return health
 
     async def ahealth_check(self) -> dict[str, Any]:
@@ -547,19 +625,69 @@ class BaseStorage:
 
     # ---------------------------------------------------------------------------- backup
 
-    def backup(self, path: Path | str) -> Path:
-        """Write a consistent copy of the database to ``path`` while the store stays online.
+    def backup(self, path: Path | str | None = None, *, progress: Progress | None = None) -> Path:
+        """Write a consistent copy of the database while the store stays online; its path.
 
-        If the copy is ever restored, the relay notices that it is behind and gives it a new
-        incarnation: its new writes win over anything the original wrote after the backup. The
-        copy of an encrypted store is encrypted with the same key. Returns the path written.
+        Without ``path`` (or with a folder, or a name ending in ``.db.zst``) the copy is a
+        compressed backup with a manifest (:mod:`commander_os.storage.backups`; the folder
+        defaults to ``backup_dir``, else ``backups`` beside the database), which
+        ``commander-os backup verify|restore`` read. Any other ``path`` gets a plain SQLite
+        copy, as before. ``progress(done, total)`` is called as pages are copied and bytes
+        compressed.
+
+        If the copy is ever restored, the relay gives it a new incarnation: its new writes win
+        over anything the original wrote after the backup. The copy of an encrypted store is
+        encrypted with the same key.
         """
-        with self._lock:
-            return backup_to(self._require_open(), Path(path), encryption_key=self._encryption_key)
+        from commander_os.storage import backups
 
-    async def abackup(self, path: Path | str) -> Path:
+        target = None if path is None else Path(path)
+        if target is None or target.is_dir() or target.name.endswith(backups.BACKUP_SUFFIX):
+            return backups.create_backup(self, target, progress=progress or _no_progress).path
+        with self._lock:
+            return backup_to(self._require_open(), target, encryption_key=self._encryption_key)
+
+    def _restored_row(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A row read back from the relay, as this class stores it (a restore writes it).
+
+        Storage classes that keep a column in another form than it travels (compressed, say)
+        override this; the default keeps the row as it is.
+        """
+        return row
+
+    @classmethod
+    def restore_from_relay(
+        cls,
+        agent_id: str,
+        data_dir: Path | str,
+        htpc_url: str | None = None,
+        *,
+        config: StorageConfig | None = None,
+        force: bool = False,
+        **settings: Any,
+    ) -> Self:
+        """Rebuild the agent's store in ``data_dir`` from the relay (a lost disk), then open it.
+
+        Every synced table of this class is filled from the relay's records, row for row; the
+        opened store claims the agent and syncs from there. ``force`` moves a store already in
+        ``data_dir`` aside. Raises :class:`~commander_os.errors.RelayError` if the relay cannot
+        be read (nothing is written then)::
+
+            storage = RecruiterAgentStorage.restore_from_relay(
+                "recruiter", "./data/agents/recruiter", htpc_url="http://127.0.0.1:8001")
+        """
+        from commander_os.storage import backups
+
+        overrides = {"htpc_url": htpc_url, **settings}
+        merged = _merge_config(config, overrides)
+        backups.rebuild_from_relay(cls, agent_id, data_dir, config=merged, force=force)
+        return cls(agent_id, data_dir, config=merged)
+
+    async def abackup(
+        self, path: Path | str | None = None, *, progress: Progress | None = None
+    ) -> Path:
         """:meth:`backup` off the event loop."""
-        return await run_in_thread(self.backup, path)
+        return await run_in_thread(self.backup, path, progress=progress)
 
     # --------------------------------------------------------------------------- closing
 
@@ -595,14 +723,18 @@ class BaseStorage:
             future.set_exception(exc)
 
     def _shut_down(self) -> CloseResult:
+        if self.config.backup_interval:
+            BackupScheduler.for_process().remove(self)
         link, self._link = self._link, None
         result = CloseResult()
         if link is not None:
             result = self._flush_before_close(link)
             Shipper.for_process().detach(link)
         relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.close()
+        readers, self._replica_readers = list(self._replica_readers.values()), {}
+        for client in [relay, *readers]:
+            if client is not None:
+                client.close()
         self._async_reads.close()
         with self._lock:
             self._closed = True
@@ -671,6 +803,10 @@ def _savepoint(conn: sqlite3.Connection, depth: int) -> Iterator[None]:
         conn.execute(f"RELEASE {name}")
         raise
     conn.execute(f"RELEASE {name}")
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
 
 
 def _pending_seqs(conn: sqlite3.Connection) -> list[int]:

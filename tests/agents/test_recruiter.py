@@ -70,6 +70,7 @@ def store(tmp_path: Path, dead_relay_url: str) -> Iterator[RecruiterAgentStorage
         htpc_url=dead_relay_url,
         durability="normal",
         close_timeout=0,
+        compact_outbox=False,  # the outbox keeps every change: part of each snapshot
     ) as opened:
         yield opened
 

@@ -28,6 +28,7 @@ NO_TWIN = {
     "close": "awaitable itself: `await storage.close()`",
     "process_sync_queue": "a coroutine itself",
     "from_config": "a constructor",
+    "restore_from_relay": "a constructor: rebuilds a lost store from the relay, then opens it",
 }
 
 

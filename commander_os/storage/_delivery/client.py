@@ -357,10 +357,12 @@ class AsyncRelayClient:
         self._http = http
 
     @classmethod
-    def from_config(cls, config: StorageConfig) -> AsyncRelayClient:
-        """A client for the relay(s) of an agent's config."""
+    def from_config(
+        cls, config: StorageConfig, urls: Sequence[str] | None = None
+    ) -> AsyncRelayClient:
+        """A client for the relay(s) of an agent's config (or ``urls`` with its token, ...)."""
         return cls(
-            config.relay_urls(),
+            list(urls) if urls is not None else config.relay_urls(),
             token=read_token(config),
             timeout=config.request_timeout,
             verify=config.htpc_ca_file or True,

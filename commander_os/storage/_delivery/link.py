@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["Draft", "ShippedStore", "StoreLink"]
 
 _log = logging.getLogger("commander_os.delivery")
+#: Failed attempts in a row after which a target counts as away: the outbox is then compacted
+#: per key, so it stays bounded by the keys changed, not the writes made, until it returns.
+COMPACT_AFTER_FAILURES = 1
 
 
 class ShippedStore(Protocol):
@@ -75,6 +78,8 @@ class StoreLink:
     takeover_at: float = 0.0
     changed: threading.Condition = field(default_factory=threading.Condition)
     wanted: list[targets.Target] = field(default_factory=list)
+    #: Whether the outbox keeps only each key's newest change (while a target is away).
+    compacting: bool = False
 
     def __post_init__(self) -> None:
         self.lock = ShipLock(self.store.db_path)
@@ -126,6 +131,7 @@ class StoreLink:
             has_data = _has_data(conn)
             cursors, dropped = targets.ensure(conn, wanted, has_data=has_data)
             outbox.write_meta(conn, "captured", 1)
+            self.compacting = outbox.compacting(conn)
             self.fenced = identity.conflict(conn) is not None
             self.retired = identity.is_retired(conn)
         for name, cursor in dropped.items():
@@ -204,6 +210,10 @@ class StoreLink:
         """``lane``'s target acknowledged everything up to ``through``."""
         with self.writing("an acknowledgement") as conn:
             dropped = targets.advance(conn, lane.target, through, incarnation)
+            if self.compacting and outbox.floor(conn) >= outbox.last_seq(conn):
+                # Every target caught up: keep every change again (compaction costs writes).
+                outbox.set_compaction(conn, False)
+                self.compacting = False
         lane.shipped_total += dropped
         lane.acknowledged(through, incarnation)
         lane.reported = (None, True)
@@ -213,10 +223,23 @@ class StoreLink:
         """Keep the outcome of a failed attempt in the store, where other processes see it
         (written only when it differs from the last one, not on every retry)."""
         lane.last_error, lane.reachable = error, reachable
-        if (error, reachable) == lane.reported:
+        compact = (
+            self.config.compact_outbox
+            and lane.failures >= COMPACT_AFTER_FAILURES
+            and not self.compacting
+        )
+        if (error, reachable) == lane.reported and not compact:
             return
         with self.writing("a delivery failure") as conn:
             targets.note(conn, lane.target, error, reachable)
+            if compact:
+                outbox.set_compaction(conn, True)
+                self.compacting = True
+                _log.info(
+                    "agent %s: %s is away; its queue now keeps only each key's newest change",
+                    self.agent_id,
+                    lane.target,
+                )
         lane.reported = (error, reachable)
 
     def take_incarnation(self, granted: int, *, claimed: bool) -> int:
@@ -275,13 +298,20 @@ class StoreLink:
             cursors = targets.load(conn).values()
         return [0 if cursor.repair else cursor.acked for cursor in cursors]
 
+    def quorum_position(self) -> int:
+        """The seq that ``sync_quorum`` targets have acknowledged: what counts as delivered
+        (-1 without targets: nothing is)."""
+        positions = sorted(self.acked_positions(), reverse=True)
+        if not positions:
+            return -1
+        return positions[min(self.config.quorum_size(), len(positions)) - 1]
+
     def acknowledged(self, seq: int) -> bool:
-        """Whether every target acknowledged everything up to ``seq``."""
-        positions = self.acked_positions()
-        return bool(positions) and min(positions) >= seq
+        """Whether ``sync_quorum`` targets acknowledged everything up to ``seq``."""
+        return self.quorum_position() >= seq
 
     def wait_acked(self, seq: int, timeout: float | None, *, poll: float = 0.05) -> bool:
-        """Block until every target acknowledged ``seq``; False on timeout."""
+        """Block until ``sync_quorum`` targets acknowledged ``seq``; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.acknowledged(seq):
             remaining = None if deadline is None else deadline - time.monotonic()

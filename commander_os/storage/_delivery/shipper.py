@@ -160,10 +160,11 @@ class Shipper:
         fail_fast: bool = False,
         progress: Callable[[], object] | None = None,
     ) -> bool:
-        """Ship everything queued now; True once every target acknowledged it.
+        """Ship everything queued now; True once ``sync_quorum`` targets acknowledged it.
 
         Retries quickly (not with the usual backoff) until ``timeout``. With ``fail_fast`` a
-        failed attempt that acknowledged nothing raises its :class:`RelayError` at once.
+        failed attempt raises its :class:`RelayError` at once when the targets still answering
+        cannot make a quorum.
         """
         with link.reading() as conn:
             top = outbox.last_seq(conn)
@@ -208,12 +209,19 @@ def _client_for(target: targets.Target, config: StorageConfig) -> RelayClient:
 
 
 def _raise_new_failure(link: StoreLink, before: dict[str, int]) -> None:
-    for name, lane in link.lanes.items():
-        if lane.failures > before.get(name, 0) and lane.last_exception is not None:
-            exc = lane.last_exception
-            if isinstance(exc, RelayError):
-                raise exc
-            raise RelayError(f"delivery failed: {type(exc).__name__}: {exc}") from exc
+    """Raise the error of a failed attempt once too few targets are left to make a quorum."""
+    failed = [
+        lane
+        for name, lane in link.lanes.items()
+        if lane.failures > before.get(name, 0) and lane.last_exception is not None
+    ]
+    if len(link.lanes) - len(failed) >= link.config.quorum_size():
+        return
+    for lane in failed[:1]:
+        exc = lane.last_exception
+        if isinstance(exc, RelayError):
+            raise exc
+        raise RelayError(f"delivery failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _settings(config: StorageConfig) -> RouteSettings:

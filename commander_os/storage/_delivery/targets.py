@@ -1,10 +1,12 @@
 """Delivery targets: where a store's changes go, and the cursor each target keeps.
 
 A **target** is one central store, reached through one relay or a fail-over list of relays in
-front of it (``htpc_url`` + ``htpc_urls``). Each target has a cursor in the store's
-``_sync_targets`` table: the seq it acknowledged, the incarnation it acknowledged it under,
-whether it needs the store's whole state (a new target, or one that lost data), and what the
-last attempt said (so another process, or ``commander-os status``, can tell why a queue grows).
+front of it: ``htpc_url`` + ``htpc_urls``, then each ``replicate_to`` entry. Every target gets
+every change (replication); the relays of one target share its store (fail-over). Each target
+has a cursor in the store's ``_sync_targets`` table: the seq it acknowledged, the incarnation
+it acknowledged it under, whether it needs the store's whole state (a new target, or one that
+lost data), and what the last attempt said (so another process, or ``commander-os status``,
+can tell why a queue grows).
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ class Target:
 
 
 def config_targets(config: StorageConfig) -> list[Target]:
-    """The targets an agent's config names: today its one fail-over list of relays."""
-    urls = tuple(config.relay_urls())
-    return [Target(urls[0], urls)]
+    """The targets an agent's config names: ``htpc_url`` (with its fail-over ``htpc_urls``)
+    first, then each ``replicate_to`` entry. A target is named after its first relay."""
+    return [Target(urls[0], tuple(urls)) for urls in config.target_urls()]
 
 
 @dataclass(frozen=True, slots=True)
