@@ -76,7 +76,7 @@ def test_a_hundred_concurrent_queries_leave_the_loop_free(
     assert writer.wait_for_sync(15)
     reader = make_agent(f"{agent_id}-r", shared_relay.url)
 
-    async def main() -> tuple[list[list[dict[str, Any]]], float, int]:
+    async def main() -> tuple[list[list[dict[str, Any]]], list[float]]:
         gaps: list[float] = []
         stop = asyncio.Event()
 
@@ -101,14 +101,19 @@ def test_a_hundred_concurrent_queries_leave_the_loop_free(
         stop.set()
         await ticker
         await reader.close()
-        return results, max(gaps), len(gaps)
+        return results, gaps
 
-    results, worst_gap, ticks = asyncio.run(main())
+    results, gaps = asyncio.run(main())
     expected = sorted(f"k{i:03d}" for i in range(60) if i % 2)
     for records in results:  # 30 records in pages of 7: five cursors followed per call
         assert sorted(record["key"] for record in records) == expected
-    assert ticks > 3
-    assert worst_gap < 0.25, f"the event loop stalled for {worst_gap:.3f} s"
+    # Had the calls blocked, the ticker would have stood still for the whole burst (about a
+    # second here). It ticks on; its worst gap, measured on a quiet machine, is 20-80 ms. The
+    # bounds leave room for a 2-vCPU machine shared with other work, which descheduled the
+    # whole process for up to ~0.25 s now and then.
+    late = sum(max(0.0, gap - 0.01) for gap in gaps)
+    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.3f} s"
+    assert late < 0.5 * sum(gaps), f"the ticker was late {late:.2f} s of {sum(gaps):.2f} s"
 
 
 def test_network_read_twins_agree_with_the_blocking_calls(
