@@ -2,7 +2,7 @@
 
 The relay is a child process. SIGINT, SIGTERM and SIGHUP (Ctrl-C, ``kill``, a closed terminal)
 all stop it before the demo exits, so no relay is left holding the port for the next
-``make run``.
+``make run``; on Linux it also stops when the demo is killed outright (SIGKILL).
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Start a relay, let two agents write and query each other, then (optionally) keep
     serving until a stop signal. Returns a summary (relay URL, what the agents saw)."""
-    relay = RelayProcess(data_dir=data_dir / "relay", port=port, config=config)
+    relay = RelayProcess(
+        data_dir=data_dir / "relay", port=port, config=config, stop_with_parent=True
+    )
     summary: dict[str, Any] = {}
     with _stopping_on_signals():
         try:
