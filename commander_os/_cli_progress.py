@@ -1,5 +1,6 @@
-"""One progress display for long commands (``sync``, ``relay export``, ``relay import``):
-what is being done, a bar, done / total, the rate per second and the time left.
+"""One progress display for long commands (``sync``, ``relay export``, ``relay import``, and
+the backups and restores): what is being done, a bar, done / total, the rate per second and the
+time left.
 
 It draws on stderr, so stdout keeps only the command's result (and ``--json`` its document);
 when stderr is not a terminal rich draws nothing but the final state.
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -19,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.text import Text
 
@@ -42,16 +45,22 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress(unit: str = "changes") -> Iterator[Progress]:
-    """A :class:`rich.progress.Progress` with count, rate and ETA columns, on stderr."""
+def progress(unit: str = "changes", *, quiet: bool = False) -> Iterator[Progress]:
+    """A :class:`rich.progress.Progress` with count, rate and ETA columns, on stderr.
+
+    ``unit="bytes"`` shows sizes and a transfer speed. ``quiet`` draws nothing.
+    """
+    if unit == "bytes":
+        counting: tuple[ProgressColumn, ...] = (DownloadColumn(), TransferSpeedColumn())
+    else:
+        counting = (MofNCompleteColumn(), RateColumn(unit))
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
+        *counting,
         TextColumn("eta"),
         TimeRemainingColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*columns, console=err_console, transient=False, disable=quiet) as bar:
         yield bar
