@@ -388,6 +388,10 @@ def run_relay(
                 results += analytics_overhead(
                     sizes, backend, workdir, server_cpu, client_cpu, _query_kinds(sizes)
                 )
+                from benchmarks.operability import access_log_cost, async_reads
+
+                results += async_reads(sizes, workdir, server_cpu=server_cpu, log=log)
+                results += access_log_cost(sizes, workdir, server_cpu=server_cpu, log=log)
         finally:
             with contextlib.suppress(Exception):
                 backend.cleanup()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from benchmarks.core import Result, cpus, pin_to_cpu
@@ -49,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--full", action="store_true", help="full sizes (100k keys, 1M records)")
     parser.add_argument("--only", default=",".join(AREAS), help="comma-separated areas to run")
     parser.add_argument("--json", type=Path, help="write the results as JSON to this path")
+    parser.add_argument(
+        "--print-json",
+        action="store_true",
+        help="print the results as JSON on stdout (the table and the log go to stderr)",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get(DATABASE_URL_ENV),
@@ -133,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = SIZES[mode]
     areas = _areas(args.only)
     # Wide enough for the table when the output is a file or a pipe (rich defaults to 80).
-    console = Console(width=None if Console().is_terminal else 160)
+    console = Console(width=None if Console().is_terminal else 160, stderr=args.print_json)
 
     def log(message: str) -> None:
         console.log(message, markup=False)
@@ -153,16 +160,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{machine['cores']} cores, {machine['ram_gib']} GiB"
     )
     print_table(results, title=title, console=console)
+    doc = document(
+        results,
+        mode=mode,
+        sizes=sizes.to_json(),
+        machine=machine,
+        versions=found_versions,
+        pinning=pinning,
+        notes=NOTES,
+    )
     if args.json is not None:
-        doc = document(
-            results,
-            mode=mode,
-            sizes=sizes.to_json(),
-            machine=machine,
-            versions=found_versions,
-            pinning=pinning,
-            notes=NOTES,
-        )
         write_json(args.json, doc)
         console.print(f"results written to {args.json}")
+    if args.print_json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

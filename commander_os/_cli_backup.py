@@ -17,7 +17,6 @@ import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 __all__ = ["backup_app", "register"]
@@ -66,16 +65,10 @@ def _key(settings: Any) -> str | None:
 
 @contextmanager
 def _progress(what: str, quiet: bool = False) -> Iterator[Any]:
-    """A progress bar on stderr; yields ``update(done, total)``."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=err_console,
-        disable=quiet or not err_console.is_terminal,
-    )
-    with bar:
+    """A progress bar on stderr (bytes, speed, time left); yields ``update(done, total)``."""
+    from commander_os._cli_progress import progress
+
+    with progress("bytes", quiet=quiet or not err_console.is_terminal) as bar:
         task = bar.add_task(what, total=None)
 
         def update(done: int, total: int) -> None:

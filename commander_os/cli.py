@@ -13,14 +13,17 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from commander_os import __version__
 from commander_os._cli_backup import register as register_backup_commands
+from commander_os._cli_dead_letters import dead_letters_app
+from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt, storage_settings
+from commander_os._cli_output import console, err_console, print_json
 from commander_os._cli_relay import register as register_relay_backup_commands
-from commander_os.errors import CentralStoreUnavailable, CommanderStorageError, InvalidAgentId
+from commander_os._cli_relay_core import relay_app, token_app
+from commander_os.errors import CommanderStorageError
 
 __all__ = ["app", "main", "run_relay_command"]
 
@@ -31,27 +34,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-relay_app = typer.Typer(help="Run and manage the relay.", no_args_is_help=True)
 app.add_typer(relay_app, name="relay")
 register_relay_backup_commands(relay_app)
-token_app = typer.Typer(help="Issue and check agent tokens for a relay.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 register_backup_commands(app)
-
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Folder holding agent stores (searched recursively).")
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file.")]
-KeyFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--encryption-key-file",
-        help="File holding the key of encrypted stores (default: $COMMANDER_OS_ENCRYPTION_KEY).",
-    ),
-]
+app.add_typer(dead_letters_app, name="dead-letters")
 
 
 def _version(value: bool) -> None:
@@ -75,66 +62,48 @@ def _root(
 
 @app.command("status")
 def _status(
-    data_dir: DataDir = Path("./data/agents"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
     encryption_key_file: KeyFileOpt = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option("--max-queue", min=0, help="Exit 3 if a store has more changes queued."),
+    ] = None,
+    max_lag: Annotated[
+        float | None,
+        typer.Option(
+            "--max-lag", min=0, help="Exit 3 if a store's oldest queued change is older (s)."
+        ),
+    ] = None,
 ) -> None:
-    """Show health and sync-queue size of every agent store under DATA_DIR.
+    """Show every agent store under DATA_DIR: queue, oldest pending change, dead letters, size
+    (with -wal), and per relay: reachable, last sync, last error.
 
-    Exits 1 when a store cannot be read (damaged, or the wrong encryption key), so it can serve
-    as a health check.
+    Exits 1 when a store cannot be read (damaged, or the wrong encryption key) and 3 when one
+    is over --max-queue or --max-lag, so it can serve as a health check.
     """
-    from commander_os.config import load_storage_config, read_encryption_key
+    from commander_os._cli_status import (
+        EXIT_OVER_THRESHOLD,
+        EXIT_UNREADABLE,
+        apply_thresholds,
+        print_status,
+    )
+    from commander_os.config import read_encryption_key
     from commander_os.storage._inspect import inspect_stores
 
-    settings = _with_key_file(load_storage_config(), encryption_key_file)
-    reports = inspect_stores(data_dir, encryption_key=read_encryption_key(settings))
-    failed = [report for report in reports if not report["local_db"]]
+    settings = storage_settings(config, encryption_key_file)
+    folder = data_dir or settings.local_data_dir
+    reports = inspect_stores(folder, encryption_key=read_encryption_key(settings))
+    over = apply_thresholds(reports, max_queue, max_lag)
     if as_json:
-        sys.stdout.write(orjson.dumps(reports, option=orjson.OPT_INDENT_2).decode() + "\n")
-        raise typer.Exit(1 if failed else 0)
-    if not reports:
-        console.print(f"no agent stores under {data_dir}")
-        return
-    table = Table(title=f"agent stores under {data_dir}")
-    for column in ("agent", "path", "ok", "schema", "queued", "oldest pending", "dead", "size"):
-        table.add_column(column, justify="left" if column in ("agent", "path") else "right")
-    for report in reports:
-        age = report.get("oldest_pending_age")
-        table.add_row(
-            report["agent_id"],
-            escape(str(Path(report["path"]).parent.relative_to(data_dir))),
-            "[green]yes[/]" if report["local_db"] else "[red]no[/]",
-            str(report.get("schema_version", "-")),
-            str(report.get("sync_queue_size", "-")),
-            "-" if age is None else f"{age:.1f} s",
-            _dead(report.get("dead_letters")),
-            _size(report.get("size_bytes")),
-        )
-    console.print(table)
-    for report in failed:
-        err_console.print(
-            f"[red]{escape(report['agent_id'])}[/]: {escape(str(report.get('error', '')))}",
-            highlight=False,
-        )
-    if failed:
-        raise typer.Exit(1)
-
-
-def _dead(count: int | None) -> str:
-    if not count:
-        return "0"
-    return f"[red]{count}[/]"
-
-
-def _size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}"
-        size //= 1024
-    return f"{size} TiB"
+        print_json(reports)
+    else:
+        print_status(reports, folder)
+    if any(not report["local_db"] for report in reports):
+        raise typer.Exit(EXIT_UNREADABLE)
+    if over:
+        raise typer.Exit(EXIT_OVER_THRESHOLD)
 
 
 # -------------------------------------------------------------------------------- sync
@@ -142,7 +111,7 @@ def _size(size: int | None) -> str:
 
 @app.command("sync")
 def _sync(
-    data_dir: DataDir = Path("./data/agents"),
+    data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     relay: Annotated[
         str | None,
@@ -155,51 +124,76 @@ def _sync(
             help="The stores' central store moved to --relay: ship there from now on.",
         ),
     ] = False,
+    as_json: JsonOpt = False,
     encryption_key_file: KeyFileOpt = None,
 ) -> None:
-    """Ship every queued change of the stores under DATA_DIR to the relay now."""
-    from rich.progress import Progress
+    """Ship every queued change of the stores under DATA_DIR to their relay now (progress
+    with count, rate and time left on stderr).
 
-    from commander_os.config import load_storage_config, read_encryption_key
+    A store ships only to the relay it remembers; --relay naming another one is refused
+    unless --to-other-relay confirms that the store's central store moved there.
+    """
+    from commander_os._cli_progress import progress
+    from commander_os.config import read_encryption_key
     from commander_os.storage._inspect import drain_store, find_stores
 
-    settings = load_storage_config(config, overrides={"htpc_url": relay})
-    settings = _with_key_file(settings, encryption_key_file)
-    stores = find_stores(data_dir, encryption_key=read_encryption_key(settings))
-    if not stores:
-        console.print(f"no agent stores under {data_dir}")
-        return
-    total = 0
-    with Progress(console=console) as progress:
+    settings = storage_settings(config, encryption_key_file, htpc_url=relay)
+    folder = data_dir or settings.local_data_dir
+    stores = find_stores(folder, encryption_key=read_encryption_key(settings))
+    results: list[dict[str, Any]] = []
+    with progress("changes") as bar:
         for path in stores:
-            task = progress.add_task(path.stem, total=None)
+            task = bar.add_task(path.stem, total=None)
 
-            def advance(done: int, task: Any = task) -> None:
-                progress.update(task, completed=done)
+            def advance(done: int, total: int, task: Any = task) -> None:
+                bar.update(task, completed=done, total=max(total, done))
 
             shipped = drain_store(
                 path, settings, relay=relay, to_other_relay=to_other_relay, on_progress=advance
             )
-            progress.update(task, total=max(shipped, 1), completed=max(shipped, 1))
-            total += shipped
-    console.print(f"synced {total} change(s) from {len(stores)} store(s) to {settings.htpc_url}")
-
-
-def _with_key_file(settings: Any, key_file: Path | None) -> Any:
-    """``settings`` whose key comes from ``key_file`` when given (it beats the environment)."""
-    if key_file is None:
-        return settings
-    return settings.model_copy(update={"encryption_key": None, "encryption_key_file": key_file})
+            bar.update(task, total=max(shipped, 1), completed=max(shipped, 1))
+            results.append({"agent_id": path.stem, "path": str(path), "shipped": shipped})
+    total = sum(result["shipped"] for result in results)
+    if as_json:
+        print_json({"synced": total, "relay": relay, "stores": results})
+        return
+    if not stores:
+        console.print(f"no agent stores under {folder}")
+        return
+    where = relay or "their relays"
+    console.print(f"synced {total} change(s) from {len(stores)} store(s) to {where}")
 
 
 # ------------------------------------------------------------------------------- query
 
 
+RelayUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--relay", help="Relay URL (default: htpc_url of the config, or $COMMANDER_OS_HTPC_URL)."
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="Bearer token (default: the config's, or $COMMANDER_OS_HTPC_TOKEN)."
+    ),
+]
+
+
+def _relay_and_token(
+    config: Path | None, relay: str | None, token: str | None
+) -> tuple[str, str | None]:
+    """The relay URL (checked) and token of the options, else of the agent config."""
+    from commander_os.config import read_token
+
+    settings = storage_settings(config, htpc_url=relay)
+    return settings.htpc_url, token or read_token(settings)
+
+
 @app.command("query")
 def _query(
-    relay: Annotated[
-        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
-    ] = "http://127.0.0.1:8001",
+    relay: RelayUrlOpt = None,
     agent: Annotated[
         list[str] | None, typer.Option("--agent", help="Agent id (repeatable).")
     ] = None,
@@ -218,14 +212,14 @@ def _query(
     ] = None,
     include_deleted: Annotated[bool, typer.Option(help="Include deletions.")] = False,
     limit: Annotated[int, typer.Option(help="Most records to print.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
-    token: Annotated[
-        str | None, typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Bearer token.")
-    ] = None,
+    as_json: JsonOpt = False,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Query records of any agent on the relay."""
     from commander_os.storage._delivery.client import RelayClient
 
+    relay, token = _relay_and_token(config, relay, token)
     clauses = [_parse_where(text) for text in where or []]
     agents: Any = agent[0] if agent and len(agent) == 1 else agent
     with RelayClient(relay, token=token) as client:
@@ -243,8 +237,7 @@ def _query(
             )
         )
     if as_json:
-        for record in records:
-            sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        print_json(records)
         return
     out = Table(title=f"{len(records)} record(s) from {relay}")
     for column in ("agent", "table", "key", "version", "ts", "data"):
@@ -280,20 +273,17 @@ def _parse_where(text: str) -> dict[str, Any]:
 
 @app.command("analytics")
 def _analytics(
-    relay: Annotated[
-        str, typer.Option(envvar="COMMANDER_OS_HTPC_URL", help="Relay URL.")
-    ] = "http://127.0.0.1:8001",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the relay's JSON.")] = False,
-    token: Annotated[
-        str | None,
-        typer.Option(envvar="COMMANDER_OS_HTPC_TOKEN", help="Admin token (when auth is on)."),
-    ] = None,
+    relay: RelayUrlOpt = None,
+    as_json: JsonOpt = False,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Show the relay's query shapes (latency, rows examined, index hints), slow queries and
-    every agent's health."""
+    every agent's health (an admin token when auth is on)."""
+    relay, token = _relay_and_token(config, relay, token)
     report = _fetch_analytics(relay, token)
     if as_json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        print_json(report)
         return
     if not report.get("enabled"):
         console.print(f"analytics are off on {relay} (relay.analytics: false)")
@@ -372,323 +362,6 @@ def _print_shapes(queries: dict[str, Any]) -> None:
         )
 
 
-# ------------------------------------------------------------------------------- relay
-
-
-# The environment (COMMANDER_OS_RELAY_DATABASE_URL, or COMMANDER_OS_DATABASE_URL) is read by
-# load_relay_config with every other setting, not by these options.
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="PostgreSQL central store URL; selects backend postgresql (default: from the "
-        "config file or $COMMANDER_OS_RELAY_DATABASE_URL).",
-    ),
-]
-
-
-@relay_app.command("serve")
-def _relay_serve(
-    config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Central store folder.")
-    ] = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Run the relay (the embedded SQLite central store unless a database_url is given)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay import serve
-
-    overrides = {
-        "host": host,
-        "port": port,
-        "agent_storage_dir": data_dir,
-        "database_url": database_url,
-    }
-    serve(load_relay_config(config, overrides=overrides))
-
-
-CentralDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="SQLite central store folder.")
-]
-
-
-def _central_store(config: Path | None, data_dir: Path | None, database_url: str | None) -> Any:
-    """The (unopened) central store that the relay config and options describe."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay.central import store_for_config
-
-    overrides = {"agent_storage_dir": data_dir, "database_url": database_url}
-    return store_for_config(load_relay_config(config, overrides=overrides))
-
-
-@relay_app.command("migrate")
-def _relay_migrate(
-    config: ConfigOpt = None, data_dir: CentralDirOpt = None, database_url: DatabaseUrlOpt = None
-) -> None:
-    """Create or upgrade the central store's schema (the relay also does it when it starts)."""
-    import asyncio
-
-    store = _central_store(config, data_dir, database_url)
-
-    async def run() -> Any:
-        async with store:
-            return await store.health()
-
-    health = asyncio.run(run())
-    console.print(f"central store ready ({health.backend}): {health.detail}", highlight=False)
-
-
-@relay_app.command("export")
-def _relay_export(
-    out: Annotated[Path, typer.Option("--out", help="JSON-lines file to write.")],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Write every record of the central store (tombstones too) to a JSON-lines file."""
-    import asyncio
-
-    from commander_os.relay.central._transfer import export_records, is_exportable
-
-    store = _central_store(config, data_dir, database_url)
-    source = getattr(store, "path", None)
-    if isinstance(source, Path) and not source.exists():
-        raise CentralStoreUnavailable(f"no central store at {source}: check --data-dir / --config")
-
-    damaged: list[Any] = []
-
-    async def run() -> int:
-        async with store:
-            # 0600: the export holds every agent's records, like the store itself.
-            with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                return await export_records(store, f, on_damaged=damaged.append)
-
-    count = asyncio.run(run())
-    for record in damaged:
-        left = "exported" if is_exportable(record) else "LEFT OUT"
-        err_console.print(
-            f"warning: {record.agent_id}/{record.table}/{record.key} (rev {record.rev}) is "
-            f"damaged, {left}: {record.damaged}",
-            highlight=False,
-        )
-    console.print(f"exported {count} record(s) from {store.backend} to {out}", highlight=False)
-
-
-@relay_app.command("import")
-def _relay_import(
-    file: Annotated[Path, typer.Argument(help="JSON-lines file written by 'relay export'.")],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-) -> None:
-    """Apply an export to the central store; newer records already there win, re-runs are no-ops."""
-    import asyncio
-
-    from commander_os.relay.central._transfer import ImportResult, import_records
-
-    if not file.is_file():
-        raise typer.BadParameter(f"{file}: no such file", param_hint="FILE")
-    store = _central_store(config, data_dir, database_url)
-
-    async def run() -> ImportResult:
-        async with store:
-            with file.open("rb") as lines:
-                return await import_records(store, lines)
-
-    try:
-        result = asyncio.run(run())
-    except ValueError as exc:
-        raise typer.BadParameter(f"{file}: {exc}", param_hint="FILE") from None
-    console.print(
-        f"imported {result.records} record(s) into {store.backend}: {result.applied} applied, "
-        f"{result.ignored} already there",
-        highlight=False,
-    )
-
-
-@relay_app.command("sync")
-def _relay_sync(
-    source: Annotated[
-        str, typer.Option("--from", help="URL of the relay whose records to copy in.")
-    ],
-    config: ConfigOpt = None,
-    data_dir: CentralDirOpt = None,
-    database_url: DatabaseUrlOpt = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option("--token-file", help="File holding a token the source relay accepts."),
-    ] = None,
-    state: Annotated[
-        Path | None,
-        typer.Option(
-            "--state", help="Cursor file for resuming (default: in the relay's data folder)."
-        ),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-) -> None:
-    """Copy another relay's records (deletions too) into this relay's central store.
-
-    Idempotent (the highest version of each row wins) and resumable: a rerun continues after
-    the last page copied, then copies only what changed since. Use it to fill a new or wiped
-    replica from a healthy one; agents also re-ship their state to a relay that lost it.
-    """
-    import asyncio
-
-    from commander_os.config import load_relay_config
-    from commander_os.relay.central import store_for_config
-    from commander_os.relay.central._copy import (
-        CopyError,
-        CopyProgress,
-        copy_from_relay,
-        state_file,
-    )
-
-    relay_config = load_relay_config(
-        config, overrides={"agent_storage_dir": data_dir, "database_url": database_url}
-    )
-    try:
-        url = _check_source_url(source)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--from") from None
-    token = None
-    if token_file is not None:
-        if not token_file.is_file():
-            raise typer.BadParameter(f"{token_file}: no such file", param_hint="--token-file")
-        token = token_file.read_text(encoding="utf-8").strip()
-    cursor_path = state or state_file(relay_config.agent_storage_dir, url)
-    store = store_for_config(relay_config)
-
-    def report(progress: CopyProgress) -> None:
-        if not json_output:
-            rate = progress.records / progress.seconds if progress.seconds else 0.0
-            err_console.print(
-                f"copied {progress.records} record(s) from {url} ({rate:,.0f}/s): "
-                f"{progress.applied} applied, {progress.ignored} already here",
-                highlight=False,
-            )
-
-    async def run() -> CopyProgress:
-        async with store:
-            return await copy_from_relay(
-                store, url, token=token, state=cursor_path, on_progress=report
-            )
-
-    try:
-        result = asyncio.run(run())
-    except CopyError as exc:
-        err_console.print(f"error: {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    summary = {
-        "source": url,
-        "records": result.records,
-        "applied": result.applied,
-        "already_here": result.ignored,
-        "damaged": result.damaged,
-        "seconds": round(result.seconds, 3),
-        "state": str(cursor_path),
-    }
-    if json_output:
-        console.print_json(data=summary)
-    else:
-        console.print(
-            f"copied {result.records} record(s) from {url} into {store.backend}: "
-            f"{result.applied} applied, {result.ignored} already here"
-            + (f", {result.damaged} damaged at the source (left out)" if result.damaged else ""),
-            highlight=False,
-        )
-
-
-def _check_source_url(url: str) -> str:
-    from commander_os.config import StorageConfig
-
-    return StorageConfig(htpc_url=url).htpc_url
-
-
-# ------------------------------------------------------------------------------- token
-
-SecretFileOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--secret-file", help="File holding the relay secret (default: from the relay config)."
-    ),
-]
-RelayDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="The relay's agent_storage_dir, where relay.secret lives."),
-]
-
-
-def _relay_secret(config: Path | None, data_dir: Path | None, secret_file: Path | None) -> bytes:
-    """The secret the relay uses: --secret-file, else relay.secret / COMMANDER_OS_SECRET, else
-    <agent_storage_dir>/relay.secret (created if missing, as the relay would on first start)."""
-    from commander_os.config import load_relay_config
-    from commander_os.relay._auth import load_secret, read_secret_file
-
-    if secret_file is not None:
-        return read_secret_file(secret_file)
-    relay_config = load_relay_config(config, overrides={"agent_storage_dir": data_dir})
-    return load_secret(relay_config, create=True)
-
-
-@token_app.command("create")
-def _token_create(
-    agent_id: Annotated[str, typer.Argument(help="The agent the token writes as.")],
-    read_all: Annotated[
-        bool, typer.Option("--read-all", help="May read every agent (the default).")
-    ] = False,
-    read: Annotated[
-        str | None,
-        typer.Option("--read", help="Only these agents (comma-separated) besides its own."),
-    ] = None,
-    admin: Annotated[
-        bool, typer.Option("--admin", help="Admin: /metrics, dashboard, reads all.")
-    ] = False,
-    expires: Annotated[
-        str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
-) -> None:
-    """Print a signed token for AGENT_ID (pass it to the agent as htpc_token or token_file)."""
-    from commander_os.relay._auth import issue_token, parse_expiry
-
-    if read_all and read is not None:
-        raise typer.BadParameter("give --read-all or --read, not both", param_hint="--read")
-    readable = None if read is None else [a.strip() for a in read.split(",") if a.strip()]
-    try:
-        expires_at = None if expires is None else parse_expiry(expires)
-        secret = _relay_secret(config, data_dir, secret_file)
-        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
-    except ValueError as exc:
-        if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
-            raise
-        raise typer.BadParameter(str(exc)) from None
-    sys.stdout.write(token + "\n")
-
-
-@token_app.command("verify")
-def _token_verify(
-    token: Annotated[str, typer.Argument(help="The token to check.")],
-    config: ConfigOpt = None,
-    data_dir: RelayDirOpt = None,
-    secret_file: SecretFileOpt = None,
-) -> None:
-    """Check a token against the relay secret and print what it grants (exit 1 if invalid)."""
-    from commander_os.relay._auth import describe_expiry, verify_token
-
-    claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
-    readable = claims.readable()
-    reads = "every agent" if readable is None else ", ".join(sorted(readable))
-    sys.stdout.write(
-        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
-        f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
-    )
-
-
 # -------------------------------------------------------------------------------- demo
 
 
@@ -701,11 +374,27 @@ def _demo(
     keep_running: Annotated[
         bool, typer.Option(help="Keep the relay running after the demo, until Ctrl-C.")
     ] = True,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The demo relay's YAML config (relay:).")
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data."""
+    """Start a relay on 127.0.0.1 and show two agents writing and reading each other's data.
+
+    Ctrl-C, SIGTERM and SIGHUP stop the relay before the demo exits. With --json the story
+    goes to stderr and a summary to stdout.
+    """
     from commander_os._demo import run_demo
 
-    run_demo(port=port, data_dir=data_dir, keep_running=keep_running, console=console)
+    summary = run_demo(
+        port=port,
+        data_dir=data_dir,
+        keep_running=keep_running,
+        console=err_console if as_json else console,
+        config=config,
+    )
+    if as_json:
+        print_json(summary)
 
 
 # ------------------------------------------------------------------------------- bench
@@ -718,8 +407,9 @@ def _bench(
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
     ] = "local,sync,relay,footprint",
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    as_json: JsonOpt = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Also write the results as JSON here.")
     ] = None,
     database_url: Annotated[
         str | None,
@@ -735,7 +425,8 @@ def _bench(
         raise typer.Exit(2) from None
     argv = ["--only", only]
     argv += ["--quick"] if quick else ["--full"] if full else []
-    argv += ["--json", str(json_path)] if json_path is not None else []
+    argv += ["--json", str(output)] if output is not None else []
+    argv += ["--print-json"] if as_json else []
     argv += ["--database-url", database_url] if database_url else []
     raise typer.Exit(run_benchmarks(argv))
 
@@ -745,6 +436,7 @@ _EXTRA_OF_MODULE = {
     "fastapi": "relay",
     "starlette": "relay",
     "uvicorn": "relay",
+    "pythonjsonlogger": "relay",
     "psycopg": "postgres",
     "psycopg_pool": "postgres",
     "sqlcipher3": "encryption",

@@ -114,8 +114,17 @@ def _check_http_url(url: str) -> str:
     Checked here so that a typo (``http://127.0.0.1:8O01``) stops the store from being built,
     instead of failing in the background on the first sync.
     """
-    if urlsplit(url).scheme not in ("http", "https"):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        # A password in the URL would be shown in every log line and status that names the
+        # relay; the relay's credential is a bearer token, given on its own.
+        shown = f"{parts.scheme}://***@{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise ValueError(
+            f"{shown} holds credentials in the URL: give the relay's token as htpc_token or "
+            "token_file instead"
+        )
     try:
         _HTTP_URL.validate_python(url)
     except ValidationError as exc:
@@ -367,6 +376,11 @@ class RelayConfig(_Settings):
     encryption_key: str | None = Field(default=None, repr=False)
     encryption_key_file: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: ``text`` lines, or ``json``: one JSON object per line (python-json-logger).
+    log_format: Literal["text", "json"] = "text"
+    #: One log line per request (client, method, path, status, bytes, ms); off by default,
+    #: as a line per request costs more than a small request.
+    access_log: bool = False
     #: ``Host`` header names the relay answers to (besides ``host`` itself): a name, an IP
     #: address, ``*.example.com`` (its subdomains) or ``*`` (any). Others get 400: a web page
     #: that re-points its own name at 127.0.0.1 (DNS rebinding) cannot reach the relay.

@@ -32,6 +32,7 @@ from commander_os.protocol._heartbeat import (
 from commander_os.protocol._query import (
     DEFAULT_QUERY_LIMIT,
     FIELD_PATH_PATTERN,
+    KV_TABLE,
     MAX_QUERY_LIMIT,
     MAX_WHERE_CLAUSES,
     AgentSummary,
@@ -42,6 +43,7 @@ from commander_os.protocol._query import (
     QueryResponse,
     decode_cursor,
     encode_cursor,
+    kv_field_problem,
     parse_field_path,
 )
 from commander_os.protocol._records import (
@@ -74,6 +76,7 @@ from commander_os.protocol._records import (
 __all__ = [
     "DEFAULT_QUERY_LIMIT",
     "FIELD_PATH_PATTERN",
+    "KV_TABLE",
     "MAX_BATCH_RECORDS",
     "MAX_HEARTBEAT_TARGETS",
     "MAX_INCARNATION",
@@ -116,6 +119,7 @@ __all__ = [
     "encode_cursor",
     "encode_records",
     "format_ts",
+    "kv_field_problem",
     "make_version",
     "micros_to_ts",
     "parse_field_path",

@@ -35,6 +35,7 @@ from commander_os.protocol._records import (
 __all__ = [
     "DEFAULT_QUERY_LIMIT",
     "FIELD_PATH_PATTERN",
+    "KV_TABLE",
     "MAX_QUERY_LIMIT",
     "MAX_WHERE_CLAUSES",
     "AgentSummary",
@@ -45,6 +46,7 @@ __all__ = [
     "QueryResponse",
     "decode_cursor",
     "encode_cursor",
+    "kv_field_problem",
     "parse_field_path",
 ]
 
@@ -53,6 +55,10 @@ MAX_QUERY_LIMIT = 1000
 MAX_WHERE_CLAUSES = 16
 #: Dotted path into a record's ``data``: ``value.theme``, ``skills``, ``address.0.city``.
 FIELD_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z0-9_]{1,64}){0,7}$"
+
+#: The table of ``AgentStorage``'s key-value pairs: a record's data there is ``{"value": v}``.
+KV_TABLE = "kv"
+_KV_DATA_FIELD = "value"
 
 _FIELD_PATH_RE = re.compile(FIELD_PATH_PATTERN)
 _CURSOR_PREFIX = b"rev:"
@@ -176,11 +182,31 @@ class QueryRequest(_Strict):
         return [self.agent_id] if isinstance(self.agent_id, str) else list(self.agent_id)
 
 
+def kv_field_problem(request: QueryRequest) -> str | None:
+    """What is wrong with a ``where`` field that can never match on the key-value table (it
+    lacks ``value.``), with the fix; ``None`` when every field can match."""
+    if request.table != KV_TABLE:
+        return None
+    for index, clause in enumerate(request.where):
+        if clause.field.split(".", 1)[0] != _KV_DATA_FIELD:
+            return (
+                f"where.{index}.field: a record of table '{KV_TABLE}' holds its value as "
+                f'{{"{_KV_DATA_FIELD}": ...}}, so {clause.field!r} can never match; '
+                f"did you mean '{_KV_DATA_FIELD}.{clause.field}'?"
+            )
+    return None
+
+
 class QueryResponse(BaseModel):
-    """One page of query results; pass ``next_cursor`` back as ``cursor`` for the next."""
+    """One page of query results; pass ``next_cursor`` back as ``cursor`` for the next.
+
+    ``hints`` (left out when empty) say why an answer may not be what was meant, such as an
+    agent the relay holds no record of (a misspelt id).
+    """
 
     records: list[StoredRecord]
     next_cursor: str | None = None
+    hints: list[str] = Field(default_factory=list)
 
 
 class AgentSummary(BaseModel):

@@ -43,6 +43,7 @@ from commander_os.protocol import (
     Heartbeat,
     QueryRequest,
     QueryResponse,
+    kv_field_problem,
 )
 from commander_os.relay._analytics import add_analytics_routes
 from commander_os.relay._auth import load_secret
@@ -54,8 +55,9 @@ from commander_os.relay._http import body_doc as _body_doc
 from commander_os.relay._http import error_response, json_response, page_json
 from commander_os.relay._http_guard import install_http_guard
 from commander_os.relay._ingest import deliver, ingest, is_delivery
+from commander_os.relay._logging import AccessLog
 from commander_os.relay._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from commander_os.relay._reads import run_query
+from commander_os.relay._reads import run_query, unknown_agent_hints
 from commander_os.relay._state import RelayState
 from commander_os.relay.central import CentralStore, CentralStoreUnavailable, store_for_config
 from commander_os.relay.central._backup import backup_loop
@@ -246,8 +248,14 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         may read; naming another is 403)."""
         query = parse_model(QueryRequest, await read_body(request, limits))
         check_query(query)
-        answer = await run_query(state, caller.restrict_query(query), "query", caller)
-        return json_response(page_json(answer.records, answer.next_cursor))
+        if (problem := kv_field_problem(query)) is not None:
+            raise RequestProblem(422, "field_cannot_match", problem)
+        allowed = caller.restrict_query(query)
+        answer = await run_query(state, allowed, "query", caller)
+        body = page_json(answer.records, answer.next_cursor)
+        if hints := await unknown_agent_hints(state, allowed, answer):
+            body["hints"] = hints
+        return json_response(body)
 
     @app.get("/relay/changes", response_model=QueryResponse)
     async def relay_changes(
@@ -347,6 +355,8 @@ def create_app(
     app.state.relay = state
     install_http_guard(app, config)  # first, so the metrics count its refusals too
     app.add_middleware(_MetricsMiddleware, state=state)
+    if config.access_log:  # outermost: it also sees what the guard refused
+        app.add_middleware(AccessLog)
     _install_error_handlers(app)
     _install_openapi(app, [ChangeRecord, BatchRequest, DeliveryRequest, QueryRequest, Heartbeat])
     admit = Depends(_caller_dependency(state.guard))

@@ -8,7 +8,8 @@ Used by the demo, the recruiter example, the tests and the benchmarks::
     # stopped with SIGTERM (graceful) on exit
 
 ``kill()`` sends SIGKILL and ``restart()`` starts it again on the same port and data, for fault
-tests.
+tests. With ``stop_with_parent`` (the demo) the relay gets SIGTERM when the process that
+started it dies, even by SIGKILL, where the OS offers that (Linux ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from commander_os.errors import RelayError
@@ -44,6 +46,7 @@ class RelayProcess:
         env: dict[str, str] | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         cpu: int | None = None,
+        stop_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.host = host
@@ -53,6 +56,7 @@ class RelayProcess:
         self.env = env
         self.start_timeout = start_timeout
         self.cpu = cpu
+        self.stop_with_parent = stop_with_parent
         self.url: str = ""
         self.output: deque[str] = deque(maxlen=200)
         self._process: subprocess.Popen[str] | None = None
@@ -75,12 +79,14 @@ class RelayProcess:
     def start(self) -> str:
         """Start the relay; return its URL once it accepts connections."""
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        on_parent_death = _parent_death_signal() if self.stop_with_parent else None
         self._process = subprocess.Popen(
             self._argv(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            preexec_fn=on_parent_death,
         )
         found = threading.Event()
         threading.Thread(target=self._pump, args=(self._process, found), daemon=True).start()
@@ -140,3 +146,23 @@ class RelayProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to send the child SIGTERM when its parent dies; None
+    elsewhere (the parent's signal handlers are all there is then)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    set_pdeathsig = 1  # PR_SET_PDEATHSIG, <linux/prctl.h>
+
+    def request() -> None:
+        prctl(set_pdeathsig, signal.SIGTERM)
+
+    return request

@@ -10,7 +10,10 @@ from commander_os.relay._body import RequestProblem
 from commander_os.relay._guard import Caller
 from commander_os.relay._state import RelayState
 
-__all__ = ["run_query"]
+__all__ = ["run_query", "unknown_agent_hints"]
+
+#: Agents of one query checked for "never heard of" (a list of more is not checked).
+MAX_AGENTS_CHECKED = 20
 
 
 async def run_query(
@@ -37,3 +40,30 @@ async def run_query(
         raise RequestProblem(422, "query_timeout", str(exc)) from None
     state.metrics.query_latency.observe(seconds)
     return answer
+
+
+async def unknown_agent_hints(
+    state: RelayState, request: QueryRequest, answer: QueryResponse
+) -> list[str]:
+    """A hint for each agent ``request`` names that the store holds no record of at all (not
+    even a deletion): most often a misspelt id, which would otherwise look like an empty answer.
+
+    Checked on complete answers only (one page, no cursor), for agents absent from it: one
+    indexed lookup each, at most :data:`MAX_AGENTS_CHECKED`.
+    """
+    named = request.agent_ids()
+    if not named or request.cursor is not None or answer.next_cursor is not None:
+        return []
+    present = {record.agent_id for record in answer.records}
+    absent = [agent for agent in dict.fromkeys(named) if agent not in present]
+    if not absent or len(absent) > MAX_AGENTS_CHECKED:
+        return []
+    hints = []
+    for agent in absent:
+        probe = QueryRequest(agent_id=agent, include_deleted=True, limit=1)
+        if not (await state.store.query(probe)).records:
+            hints.append(
+                f"the relay holds no record of agent {agent!r}: it never wrote to this relay, "
+                "or the id is misspelt"
+            )
+    return hints

@@ -26,6 +26,7 @@ from commander_os.relay._app import create_app
 from commander_os.relay._auth import load_secret
 from commander_os.relay._connections import guarded_protocol
 from commander_os.relay._feed import MAX_WAIT_SECONDS
+from commander_os.relay._logging import configure_logging
 from commander_os.relay.central import store_for_config
 
 __all__ = ["LISTENING_PREFIX", "check_startable", "serve", "serve_async"]
@@ -123,7 +124,8 @@ async def _run_server(
             host=config.host,
             port=config.port,
             log_level=config.log_level,
-            access_log=False,  # one log line per request would cost more than the request
+            log_config=None,  # serve() configured logging: text or JSON, ours and uvicorn's
+            access_log=False,  # relay.access_log is ours (_logging.AccessLog): it has the time
             server_header=False,
             # Longer than agents keep idle connections (protocol.RELAY_KEEPALIVE_SECONDS).
             timeout_keep_alive=int(RELAY_KEEPALIVE_SECONDS),
@@ -184,7 +186,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def serve(config: RelayConfig) -> None:
-    """Run the relay in the foreground (blocking); prints ``relay listening on URL``."""
+    """Run the relay in the foreground (blocking); prints ``relay listening on URL``.
+
+    Sets up the process's logging first (``log_level``, ``log_format``): this is a relay
+    process's entry point.
+    """
+    configure_logging(config)
 
     def announce(url: str) -> None:
         print(LISTENING_PREFIX + url, flush=True)

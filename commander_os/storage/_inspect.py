@@ -11,10 +11,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from commander_os import _sqlite as db
 from commander_os.config import StorageConfig, read_encryption_key
@@ -26,13 +26,16 @@ from commander_os.errors import (
     StorageError,
 )
 from commander_os.identifiers import validate_agent_id
+from commander_os.storage import _dead_letters as dead_letters
 from commander_os.storage import _outbox as outbox
-from commander_os.storage._delivery import targets
+from commander_os.storage._dead_letters import DeadLetter
+from commander_os.storage._delivery import identity, targets
 from commander_os.storage._delivery.shipper import Shipper
+from commander_os.storage._delivery.status import iso
 from commander_os.storage._migrations import SELECT_CURRENT_VERSION
 from commander_os.storage.base_storage import DB_SUFFIX
 
-__all__ = ["drain_store", "find_stores", "inspect_store", "inspect_stores"]
+__all__ = ["drain_store", "find_stores", "handle_dead_letters", "inspect_store", "inspect_stores"]
 
 IS_AGENT_STORE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sync_queue'"
 #: What inspect_store() puts in the report instead of raising.
@@ -73,14 +76,17 @@ def _is_agent_store(path: Path, encryption_key: str | None) -> bool:
 
 
 def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str, Any]:
-    """Health of one store read from its file: queue size, dead letters, schema version.
+    """Health of one store read from its file: queue size, dead letters, schema version, and
+    per relay target what the last delivery attempt said (kept in the store by whichever
+    process ships it).
 
     ``encryption_key`` opens an encrypted store (a plain one is read without it); the report
-    says ``encrypted`` and, if the store could not be read, ``error``.
+    says ``encrypted`` and, if the store could not be read, ``error``. ``size_bytes`` counts
+    the database and its ``-wal`` file.
     """
     report: dict[str, Any] = {"agent_id": path.stem, "path": str(path), "local_db": False}
     try:
-        report["size_bytes"] = path.stat().st_size
+        report["size_bytes"] = _size_with_wal(path)
         encrypted = bool(db.is_encrypted(path))
         report["encrypted"] = encrypted
         key = encryption_key if encrypted else None
@@ -91,6 +97,7 @@ def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str,
             report["dead_letters"] = outbox.dead_letter_count(conn)
             oldest = outbox.oldest_pending_time(conn)
             report["oldest_pending_age"] = None if oldest is None else time.time() - oldest
+            report.update(_delivery_report(conn))
             report["integrity"] = conn.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             conn.close()
@@ -100,12 +107,85 @@ def inspect_store(path: Path, *, encryption_key: str | None = None) -> dict[str,
     return report
 
 
+def _size_with_wal(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _delivery_report(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Per target: reachability, last sync, last error, its queue and the age of its oldest
+    change; for the store, the newest error of any target and its lag (the oldest age)."""
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for cursor in targets.load(conn).values():
+        waiting = int(conn.execute(outbox.COUNT_PENDING, (cursor.acked,)).fetchone()[0])
+        oldest = conn.execute(outbox.OLDEST_PENDING, (cursor.acked,)).fetchone()[0]
+        rows.append(
+            {
+                "target": cursor.name,
+                "urls": list(cursor.urls),
+                "reachable": cursor.reachable,
+                "last_sync": iso(cursor.last_success),
+                "last_attempt": iso(cursor.last_attempt),
+                "last_error": cursor.last_error,
+                "queued": waiting,
+                "oldest_pending_age": None if oldest is None else max(0.0, now - oldest),
+                "acked_seq": cursor.acked,
+                "needs_full_resync": cursor.repair,
+            }
+        )
+    errors = [row for row in rows if row["last_error"]]
+    conflict = identity.conflict(conn)
+    return {
+        "targets": rows,
+        "last_error": max(errors, key=lambda row: row["last_attempt"] or "")["last_error"]
+        if errors
+        else None,
+        "reachable": _all_reachable([row["reachable"] for row in rows]),
+        "last_sync": min((row["last_sync"] or "" for row in rows), default=None) or None,
+        "conflict": conflict,
+    }
+
+
+def _all_reachable(states: list[bool | None]) -> bool | None:
+    """False if a target was unreachable at its last attempt, True if all were reached."""
+    if False in states:
+        return False
+    return True if states and None not in states else None
+
+
 def inspect_stores(data_dir: Path, *, encryption_key: str | None = None) -> list[dict[str, Any]]:
     """:func:`inspect_store` for every store under ``data_dir``."""
     return [
         inspect_store(path, encryption_key=encryption_key)
         for path in find_stores(data_dir, encryption_key=encryption_key)
     ]
+
+
+def handle_dead_letters(
+    path: Path,
+    action: Literal["list", "retry", "purge"],
+    *,
+    seqs: Sequence[int] | None = None,
+    encryption_key: str | None = None,
+) -> list[DeadLetter]:
+    """List, retry or purge the dead letters of the store at ``path`` (``seqs``: only those);
+    the letters concerned. Retry and purge commit in one write transaction."""
+    key = encryption_key if db.is_encrypted(path) else None
+    if action == "list":
+        conn = db.connect(path, read_only=True, busy_timeout=5.0, encryption_key=key)
+        try:
+            return dead_letters.list_dead(conn, seqs)
+        finally:
+            conn.close()
+    conn = db.connect(path, busy_timeout=5.0, encryption_key=key)
+    try:
+        with db.write_transaction(conn, f"{action} of dead letters"):
+            if action == "retry":
+                return dead_letters.retry_dead(conn, seqs)
+            return dead_letters.purge_dead(conn, seqs)
+    finally:
+        conn.close()
 
 
 class _FileStore:
@@ -162,13 +242,14 @@ def drain_store(
     *,
     relay: str | None = None,
     to_other_relay: bool = False,
-    on_progress: Callable[[int], object] | None = None,
+    on_progress: Callable[[int, int], object] | None = None,
 ) -> int:
     """Ship every queued change of the store at ``path``; return how many were acked.
 
     The changes go to the relays the store remembers shipping to (its config's when it never
     shipped); ``relay`` names one of them, or, with ``to_other_relay``, another one. An
-    encrypted store is opened with the config's key. Raises
+    encrypted store is opened with the config's key. ``on_progress(done, total)`` is called as
+    batches are acknowledged (``total``: what was queued at the start). Raises
     :class:`~commander_os.errors.RelayError` if the relay cannot take them,
     :class:`~commander_os.errors.StorageBusy` if another process is shipping the store,
     :class:`~commander_os.errors.ConfigError` for a relay the store does not ship to.
@@ -176,6 +257,7 @@ def drain_store(
     key = read_encryption_key(config) if db.is_encrypted(path) else None
     store = _FileStore(path, config, key)
     shipper = Shipper(background=False)
+    link = None
     try:
         link = shipper.attach(store, _drain_targets(store, relay, to_other_relay))
         if not link.active:
@@ -186,11 +268,14 @@ def drain_store(
         def progress() -> None:
             if on_progress is not None:
                 with store.shipping_connection() as conn:
-                    on_progress(before - outbox.queue_size(conn))
+                    on_progress(before - outbox.queue_size(conn), before)
 
+        progress()
         shipper.flush(link, None, fail_fast=True, progress=progress)
         with store.shipping_connection() as conn:
             return before - outbox.queue_size(conn)
     finally:
+        if link is not None:
+            shipper.detach(link)  # releases the ship lock: the store's own process may go on
         shipper.close()
         store.close()

@@ -8,7 +8,9 @@
 
 Values are anything JSON can hold (dicts, lists, strings, numbers, booleans, None); anything
 else raises ``TypeError`` naming the key. Keys are non-empty strings of at most 1 KiB. Every
-method has an ``a``-prefixed twin (``aset``, ``aget``, ...) that runs it off the event loop.
+method has an ``a``-prefixed twin (``aset``, ``aget``, ...) that runs it off the event loop;
+the network reads (``aquery_network``, ``aget_remote``, ...) are coroutines on
+``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import orjson
 
 from commander_os.errors import InvalidKey, ValueTooLarge
 from commander_os.identifiers import prefix_upper_bound, validate_key
+from commander_os.protocol import KV_TABLE
 from commander_os.storage._migrations import Migration
 from commander_os.storage._outbox import SyncedTable
 from commander_os.storage._values import pack, unpack
@@ -33,7 +36,6 @@ from commander_os.storage.base_storage import BaseStorage, run_in_thread
 
 __all__ = ["KV_TABLE", "AgentStorage"]
 
-KV_TABLE = "kv"
 
 # A rowid table, not WITHOUT ROWID: a WITHOUT ROWID row keeps at most ~1 KB of a 4 KiB page
 # locally, so a typical 1 KB JSON value spilled into an overflow page and every get read two
@@ -288,8 +290,11 @@ class AgentStorage(BaseStorage):
         return await run_in_thread(self.get_many, list(keys))
 
     async def aget_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
-        """:meth:`get_remote` off the event loop."""
-        return await run_in_thread(self.get_remote, agent_id, key, default)
+        """:meth:`get_remote` as a coroutine on ``httpx.AsyncClient`` (no thread per call)."""
+        record = await self.aget_network_record(agent_id, KV_TABLE, validate_key(key))
+        if record is None or record.get("data") is None:
+            return default
+        return record["data"]["value"]
 
     async def akeys(self, prefix: str = "") -> list[str]:
         """:meth:`keys` off the event loop."""
@@ -298,6 +303,11 @@ class AgentStorage(BaseStorage):
     async def alist_all(self, prefix: str = "") -> dict[str, Any]:
         """:meth:`list_all` off the event loop."""
         return await run_in_thread(self.list_all, prefix)
+
+    async def aitems(self, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
+        """:meth:`items` for ``async for``: one consistent snapshot, read off the event loop."""
+        for pair in (await run_in_thread(self.list_all, prefix)).items():
+            yield pair
 
 
 _ = Path  # the doctest above uses Path

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
@@ -34,7 +33,7 @@ from commander_os import _sqlite as db
 from commander_os._archive import Progress
 from commander_os._files import make_private_dir
 from commander_os.config import StorageConfig, load_storage_config, read_encryption_key
-from commander_os.errors import ConfigError, RelayError, RelayUnavailable, StorageClosed
+from commander_os.errors import ConfigError, RelayError, StorageClosed
 from commander_os.identifiers import validate_agent_id
 from commander_os.storage import _fork
 from commander_os.storage import _outbox as outbox
@@ -46,7 +45,7 @@ from commander_os.storage._delivery.shipper import Shipper
 from commander_os.storage._delivery.status import Backlog, backlogs, delivery_status
 from commander_os.storage._health import HEALTH_ERRORS, local_health, seed_keys
 from commander_os.storage._migrations import Migration, run_migrations
-from commander_os.storage._network_reads import Where, query_filters
+from commander_os.storage._network_reads import AsyncReads, NetworkReads
 from commander_os.storage._outbox import SyncedTable
 from commander_os.storage._scheduler import BackupScheduler
 
@@ -74,7 +73,7 @@ _T = TypeVar("_T")
 _log = logging.getLogger("commander_os.storage")
 
 
-class BaseStorage:
+class BaseStorage(NetworkReads):
     """An agent's local SQLite store (WAL), with migrations, sync capture and health.
 
     ``agent_id`` must match :data:`~commander_os.identifiers.AGENT_ID_PATTERN`; the database
@@ -119,6 +118,7 @@ class BaseStorage:
         self._relay: RelayClient | None = None
         #: Clients of the other targets (``replicate_to``), for reads that fall back to them.
         self._replica_readers: dict[str, RelayClient] = {}
+        self._async_reads = AsyncReads(self._make_async_client)
         self._encryption_key = read_encryption_key(self.config)
         make_private_dir(self.data_dir)  # 0700: other users must not read the store
         self._conn = self._open_connection()
@@ -203,6 +203,18 @@ class BaseStorage:
         table = SyncedTable(name, tuple(primary_key), tuple(json_columns))
         with self.transaction() as conn:
             self._register(conn, table)
+
+    async def aregister_synced_table(
+        self,
+        name: str,
+        *,
+        primary_key: Sequence[str] = (),
+        json_columns: Sequence[str] = (),
+    ) -> None:
+        """:meth:`register_synced_table` off the event loop."""
+        await run_in_thread(
+            self.register_synced_table, name, primary_key=primary_key, json_columns=json_columns
+        )
 
     # ------------------------------------------------------------------------ connection
 
@@ -324,6 +336,10 @@ class BaseStorage:
         with self._lock:
             return outbox.queue_size(self._require_open())
 
+    async def aget_sync_queue_size(self) -> int:
+        """:meth:`get_sync_queue_size` off the event loop."""
+        return await run_in_thread(self.get_sync_queue_size)
+
     async def process_sync_queue(self, batch_size: int | None = None) -> int:
         """Ship the queue to the relay now; return how many queued changes the relay
         acknowledged during the call (whoever shipped them).
@@ -359,6 +375,15 @@ class BaseStorage:
             seq = outbox.last_seq(self._require_open())
         return link.wait_acked(seq, timeout)
 
+    async def await_for_sync(self, timeout: float | None = None) -> bool:
+        """:meth:`wait_for_sync` for async code: waits on the event loop, not in a thread."""
+        link = self._link
+        if link is None:
+            return True
+        with self._lock:
+            seq = outbox.last_seq(self._require_open())
+        return await link.await_acked(seq, timeout)
+
     def claim(self) -> None:
         """Hand this agent to this store on purpose (moving machines, resolving a conflict).
 
@@ -375,6 +400,10 @@ class BaseStorage:
                 lane.restart()
                 lane.route.wake()
 
+    async def aclaim(self) -> None:
+        """:meth:`claim` off the event loop."""
+        await run_in_thread(self.claim)
+
     def retire(self) -> int:
         """Stop this store from ever shipping the agent again (another store holds it).
 
@@ -390,106 +419,9 @@ class BaseStorage:
         _log.warning("agent %s: store retired with %d changes unshipped", self.agent_id, len(seqs))
         return len(seqs)
 
-    # ------------------------------------------------------------------- network queries
-
-    @property
-    def relay(self) -> RelayClient:
-        """A client for the configured relay(s), for network-wide reads."""
-        with self._lock:
-            if self._relay is None:
-                from commander_os.storage._delivery.client import RelayClient
-
-                self._relay = RelayClient.from_config(self.config)
-            return self._relay
-
-    def query_network(
-        self,
-        *,
-        agent_id: str | Sequence[str] | None = None,
-        table: str | None = None,
-        key: str | None = None,
-        key_prefix: str | None = None,
-        where: Sequence[Where] | Where = (),
-        updated_since: datetime | str | None = None,
-        include_deleted: bool = False,
-        page_size: int = 100,
-        max_records: int | None = None,
-        target: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Query every agent's data on the relay (``/relay/query``), following cursors.
-
-        ``where`` clauses are ``{"field": "value.theme", "op": "eq", "value": "dark"}`` dicts
-        or ``("value.theme", "eq", "dark")`` tuples. Returns the records (``agent_id, table,
-        key, data, version, ts, deleted``). With ``replicate_to`` the query goes to the first
-        healthy target and falls back to the next one that answers; ``target`` (the URL of
-        one of its relays) names the one to ask. Raises
-        :class:`~commander_os.errors.RelayError` when no target can answer.
-        """
-        filters = query_filters(
-            agent_id=agent_id,
-            table=table,
-            key=key,
-            key_prefix=key_prefix,
-            where=where,
-            updated_since=updated_since,
-            include_deleted=include_deleted,
-            page_size=page_size,
-        )
-        failures: list[RelayUnavailable] = []
-        for client in self._read_clients(target):
-            try:
-                # Whole, or again from the start on the next target: a cursor of one central
-                # store means nothing to another.
-                return list(client.query_all(max_records=max_records, **filters))
-            except RelayUnavailable as exc:
-                failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        raise RelayUnavailable(
-            "no target could answer: " + "; ".join(str(exc) for exc in failures)
-        ) from failures[-1]
-
-    def get_network_record(
-        self, agent_id: str, table: str, key: str, *, target: str | None = None
-    ) -> dict[str, Any] | None:
-        """The relay's record of one row of any agent (``data``, ``version``, ``ts``, ...).
-
-        None when the relay holds no such row or holds its deletion. Raises
-        :class:`~commander_os.errors.RelayError` if the relay cannot be asked. ``target`` as
-        in :meth:`query_network`.
-        """
-        records = self.query_network(
-            agent_id=agent_id, table=table, key=key, max_records=1, target=target
-        )
-        return records[0] if records else None
-
-    def _read_clients(self, target: str | None) -> list[RelayClient]:
-        """The clients a network read tries, in order: ``target``'s alone, or every target's,
-        those whose deliveries succeed first (configuration order otherwise)."""
-        stores = delivery_targets.config_targets(self.config)
-        if target is not None:
-            wanted = target.rstrip("/")
-            stores = [store for store in stores if wanted in store.urls]
-            if not stores:
-                names = ", ".join(t.name for t in delivery_targets.config_targets(self.config))
-                raise ValueError(f"target {target!r} is not one of this store's ({names})")
-        link = self._link
-        if link is not None and target is None:
-            failing = {name for name, lane in link.lanes.items() if lane.failures}
-            stores.sort(key=lambda store: store.name in failing)  # stable: config order kept
-        return [self._reader(store) for store in stores]
-
-    def _reader(self, store: delivery_targets.Target) -> RelayClient:
-        if store.name == self.config.relay_urls()[0]:
-            return self.relay
-        with self._lock:
-            client = self._replica_readers.get(store.name)
-            if client is None:
-                from commander_os.storage._delivery.client import RelayClient
-
-                client = RelayClient.from_config(self.config, urls=list(store.urls))
-                self._replica_readers[store.name] = client
-            return client
+    async def aretire(self) -> int:
+        """:meth:`retire` off the event loop."""
+        return await run_in_thread(self.retire)
 
     # ---------------------------------------------------------------------------- health
 
@@ -524,6 +456,10 @@ class BaseStorage:
         if self._link is not None:
             health.update(delivery_status(self._link, cursors, waiting))
         return health
+
+    async def ahealth_check(self) -> dict[str, Any]:
+        """:meth:`health_check` off the event loop (it reads the local database only)."""
+        return await run_in_thread(self.health_check)
 
     # ---------------------------------------------------------------------------- backup
 
@@ -585,6 +521,12 @@ class BaseStorage:
         backups.rebuild_from_relay(cls, agent_id, data_dir, config=merged, force=force)
         return cls(agent_id, data_dir, config=merged)
 
+    async def abackup(
+        self, path: Path | str | None = None, *, progress: Progress | None = None
+    ) -> Path:
+        """:meth:`backup` off the event loop."""
+        return await run_in_thread(self.backup, path, progress=progress)
+
     # --------------------------------------------------------------------------- closing
 
     def close(self) -> Closing:
@@ -631,6 +573,7 @@ class BaseStorage:
         for client in [relay, *readers]:
             if client is not None:
                 client.close()
+        self._async_reads.close()
         with self._lock:
             self._closed = True
             self._conn.close()

@@ -88,7 +88,7 @@ def test_query_prints_records_as_json_and_as_a_table(
         "query", "--relay", shared_relay.url, "--table", "kv", "--agent", "cli-query", "--json"
     )
     assert result.returncode == 0, result.stderr
-    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    records = orjson.loads(result.stdout)  # one JSON document: the list of records
     assert sorted(r["key"] for r in records) == [f"user:{i}" for i in range(5)]
     assert all(r["agent_id"] == "cli-query" and r["table"] == "kv" for r in records)
     dark = cli(
@@ -101,7 +101,7 @@ def test_query_prints_records_as_json_and_as_a_table(
         'value.theme eq "dark"',
         "--json",
     )
-    assert sorted(orjson.loads(line)["key"] for line in dark.stdout.splitlines()) == [
+    assert sorted(record["key"] for record in orjson.loads(dark.stdout)) == [
         "user:1",
         "user:3",
     ]
@@ -132,7 +132,11 @@ def test_status_shows_queue_sizes_and_dead_letters(
     assert reports["cli-status-dead"]["dead_letters"] == 1
     table = cli("status", "--data-dir", str(data))
     assert table.returncode == 0, table.stderr
-    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "cli-status-" in line}
+    rows = {
+        line.split()[1]: line
+        for line in table.stdout.splitlines()
+        if "cli-status-" in line and line.startswith("│")  # the table's rows, not the notes
+    }
     assert set(rows) == {"cli-status-dead", "cli-status-queued"}
     assert " 7 " in rows["cli-status-queued"]
     assert " 1 " in rows["cli-status-dead"]

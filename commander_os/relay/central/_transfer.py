@@ -83,8 +83,11 @@ async def export_records(
     out: IO[bytes],
     *,
     on_damaged: Callable[[StoredRecord], object] | None = None,
+    on_progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write every record of ``store`` (tombstones too) to ``out`` in rev order; return count.
+
+    ``on_progress(count)`` is called after each page written.
 
     A damaged record (see :class:`~commander_os.protocol.StoredRecord`) never stops the
     export: it is passed to ``on_damaged``, then written if :func:`is_exportable` (with its
@@ -99,6 +102,8 @@ async def export_records(
         records = _exportable(page.records, on_damaged)
         out.writelines(record_line(record) for record in records)
         count += len(records)
+        if on_progress is not None:
+            on_progress(count)
         if page.next_cursor is None:
             return count
         cursor = page.next_cursor
@@ -132,8 +137,15 @@ def parse_line(line: bytes | str, number: int) -> ChangeRecord:
         raise ValueError(f"line {number}: not an exported central-store record: {detail}") from None
 
 
-async def import_records(store: CentralStore, lines: Iterable[bytes | str]) -> ImportResult:
+async def import_records(
+    store: CentralStore,
+    lines: Iterable[bytes | str],
+    *,
+    on_progress: Callable[[int], object] | None = None,
+) -> ImportResult:
     """Apply exported ``lines`` to ``store`` (monotonic: a re-import changes nothing).
+
+    ``on_progress(lines_applied)`` is called after each batch.
 
     Raises ``ValueError`` naming the first bad line; batches before it are already applied
     (harmless: importing the corrected file again skips them).
@@ -147,6 +159,8 @@ async def import_records(store: CentralStore, lines: Iterable[bytes | str]) -> I
             totals[2] += ack.ignored
         totals[0] += len(batch)
         batch.clear()
+        if on_progress is not None:
+            on_progress(totals[0])
 
     for number, line in enumerate(lines, 1):
         if line.strip():

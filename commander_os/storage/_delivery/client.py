@@ -10,8 +10,13 @@ when one is unavailable it tries the next, and stays with the first one that ans
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+import random
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,14 +42,28 @@ COMPRESS_OVER_BYTES = 8192
 #: How long an idle connection is kept: below the relay's own keep-alive, so the client never
 #: sends on a connection the relay is closing ("Server disconnected").
 KEEPALIVE_SECONDS = RELAY_KEEPALIVE_SECONDS * 2 / 3
+#: Reads one async client keeps on the wire at once: the relay's default
+#: ``limits.max_concurrent_queries`` per caller, so a burst queues here instead of being refused.
+DEFAULT_MAX_CONCURRENT_READS = 8
 _JSON = {"content-type": "application/json"}
+_log = logging.getLogger("commander_os.client")
 _USER_AGENT = "commander-os-storage"
 
 
 def _verify(verify: bool | str | Path) -> Any:
     if isinstance(verify, (str, Path)):
-        return ssl.create_default_context(cafile=str(verify))
-    return verify
+        return _ssl_context(str(verify))
+    return _ssl_context(None) if verify else False
+
+
+@functools.lru_cache(maxsize=16)
+def _ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """One TLS context per CA file for the whole process. Building one reads and parses a CA
+    bundle (~25 ms here): once per client, that made every new client (one per store, and per
+    event loop for the async reads) pay it, on the event loop for the async ones."""
+    if cafile is None:
+        return httpx.create_ssl_context()
+    return ssl.create_default_context(cafile=cafile)
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -94,6 +113,15 @@ def _too_large(url: str, limit: int) -> RelayProtocolError:
     return RelayProtocolError(f"relay at {url} answered more than {limit} bytes; refused")
 
 
+def warn_hints(page: dict[str, Any]) -> None:
+    """Log the relay's hints about a query (an agent it never heard of, ...) as warnings: an
+    empty answer to a misspelt id should not pass in silence."""
+    hints = page.get("hints")
+    if isinstance(hints, list):
+        for hint in hints[:20]:
+            _log.warning("relay query: %s", str(hint)[:500])
+
+
 class _Pages:
     """Follows ``next_cursor`` page after page, refusing a relay that repeats a cursor."""
 
@@ -109,6 +137,7 @@ class _Pages:
 
     def take(self, page: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """The records of ``page`` to yield, and whether another page must be asked for."""
+        warn_hints(page)
         records = page.get("records")
         if not isinstance(records, list):
             raise RelayProtocolError("the relay's query answer has no 'records' list")
@@ -204,7 +233,9 @@ class RelayClient:
         values are left out.
         """
         body = {name: value for name, value in filters.items() if value is not None}
-        return expect_dict(self._post("/relay/query", orjson.dumps(body)))
+        page = expect_dict(self._post("/relay/query", orjson.dumps(body)))
+        warn_hints(page)
+        return page
 
     def query_all(
         self, *, max_records: int | None = None, **filters: Any
@@ -285,9 +316,23 @@ class RelayClient:
         self.close()
 
 
+class _Throttled(Exception):
+    """The relay answered 429: it is there, but busy with this caller's other requests."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class AsyncRelayClient:
     """:class:`RelayClient`'s reads for event loops, on ``httpx.AsyncClient`` (no thread per
-    call): ``query``, ``query_all``, ``agents`` and ``health`` as coroutines."""
+    call): ``query``, ``query_all``, ``agents`` and ``health`` as coroutines.
+
+    Many concurrent calls are fine: at most ``max_concurrent`` are on the wire at once (the
+    relay runs 8 queries per caller by default and refuses the ninth with 429), the others wait
+    their turn on the loop; a 429 all the same (other clients of the same caller) is retried
+    with a short backoff until ``timeout`` has passed.
+    """
 
     def __init__(
         self,
@@ -298,9 +343,12 @@ class AsyncRelayClient:
         timeout: float = 10.0,
         verify: bool | str | Path = True,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT_READS,
     ) -> None:
         self._endpoints = _Endpoints(urls)
         self.max_response_bytes = max_response_bytes
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(max_concurrent)
         if http is None:
             http = httpx.AsyncClient(
                 timeout=_timeout(timeout), verify=_verify(verify), limits=_limits()
@@ -309,10 +357,12 @@ class AsyncRelayClient:
         self._http = http
 
     @classmethod
-    def from_config(cls, config: StorageConfig) -> AsyncRelayClient:
-        """A client for the relay(s) of an agent's config."""
+    def from_config(
+        cls, config: StorageConfig, urls: Sequence[str] | None = None
+    ) -> AsyncRelayClient:
+        """A client for the relay(s) of an agent's config (or ``urls`` with its token, ...)."""
         return cls(
-            config.relay_urls(),
+            list(urls) if urls is not None else config.relay_urls(),
             token=read_token(config),
             timeout=config.request_timeout,
             verify=config.htpc_ca_file or True,
@@ -321,7 +371,9 @@ class AsyncRelayClient:
     async def query(self, **filters: Any) -> dict[str, Any]:
         """One page of ``/relay/query`` results."""
         body = {name: value for name, value in filters.items() if value is not None}
-        return expect_dict(await self._request("POST", "/relay/query", orjson.dumps(body)))
+        page = expect_dict(await self._request("POST", "/relay/query", orjson.dumps(body)))
+        warn_hints(page)
+        return page
 
     async def query_all(
         self, *, max_records: int | None = None, **filters: Any
@@ -345,6 +397,19 @@ class AsyncRelayClient:
         return expect_dict(await self._request("GET", "/health"))
 
     async def _request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        async with self._slots:
+            deadline = time.monotonic() + self._timeout
+            pause = 0.01
+            while True:
+                try:
+                    return await self._fail_over(method, path, body)
+                except _Throttled as exc:
+                    if time.monotonic() + pause > deadline:
+                        raise exc.error from None
+                await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter
+                pause = min(pause * 2, 1.0)
+
+    async def _fail_over(self, method: str, path: str, body: bytes | None) -> Any:
         first_error: RelayUnavailable | None = None
         for _ in range(len(self._endpoints.urls)):
             url = self._endpoints.url
@@ -358,21 +423,39 @@ class AsyncRelayClient:
 
     async def _send_once(self, method: str, url: str, path: str, body: bytes | None) -> Any:
         kwargs: dict[str, Any] = {} if body is None else {"content": body, "headers": _JSON}
-        try:
-            async with self._http.stream(method, url + path, **kwargs) as response:
-                limit = self.max_response_bytes
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(url, limit)
-                    chunks.append(chunk)
-                return decode_answer(response.status_code, b"".join(chunks), method, path)
-        except httpx.TimeoutException as exc:
-            raise RelayUnavailable(f"relay at {url} timed out: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise RelayUnavailable(f"relay at {url} unreachable: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                async with self._http.stream(method, url + path, **kwargs) as response:
+                    content = await self._read(response, url)
+                    if response.status_code == 429:
+                        try:
+                            decode_answer(429, content, method, path)
+                        except RelayError as error:
+                            raise _Throttled(error) from None
+                    return decode_answer(response.status_code, content, method, path)
+            except httpx.RemoteProtocolError as exc:
+                # A kept-alive connection the relay had just closed: once more, on a new one.
+                if attempt == 2:
+                    raise RelayUnavailable(f"relay at {url} dropped the connection: {exc}") from exc
+            except httpx.TimeoutException as exc:
+                raise RelayUnavailable(f"relay at {url} timed out: {exc}") from exc
+            except httpx.TransportError as exc:
+                raise RelayUnavailable(f"relay at {url} unreachable: {exc}") from exc
+        raise RelayError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _read(self, response: httpx.Response, url: str) -> bytes:
+        limit = self.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(url, limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(url, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def aclose(self) -> None:
         """Close the connections."""

@@ -10,6 +10,7 @@ changes the relay already has, which the identity rule recognises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -369,6 +370,20 @@ class StoreLink:
             with self.changed:
                 # Bounded, so acks made by another process are noticed by the check above.
                 self.changed.wait(poll if remaining is None else min(poll, remaining))
+        return True
+
+    async def await_acked(self, seq: int, timeout: float | None) -> bool:
+        """:meth:`wait_acked` for event loops: sleeps on the loop instead of a thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002  # a write on a live relay is acked within milliseconds; then up to 50 ms
+        while not self.acknowledged(seq):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self.closed and self.active is False and not self.lanes:
+                return False
+            await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 2, 0.05)
         return True
 
 

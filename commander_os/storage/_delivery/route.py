@@ -78,6 +78,15 @@ class _Request:
     future: Future[list[SegmentAck]] = field(default_factory=Future)
 
 
+def _failure_kind(exc: Exception) -> str:
+    """What kind of failure ``exc`` is: a new kind during an outage is worth a new warning."""
+    if isinstance(exc, RelayAuthError):
+        return f"refused ({exc.status})"
+    if isinstance(exc, RelayUnavailable):
+        return "unavailable"
+    return type(exc).__name__
+
+
 class Route:
     """One target's delivery loop for the whole process (see the module docstring)."""
 
@@ -94,7 +103,10 @@ class Route:
         )
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: What kind of failure the target is in (None: it works), since when, how many.
         self._down: str | None = None
+        self._down_since = 0.0
+        self._down_attempts = 0
         self._next_poll = 0.0
         self._last_send = 0.0
         self._rotation = 0
@@ -422,21 +434,34 @@ class Route:
             lane.lost(self.settings.backoff_cap)
             lane.last_exception = exc
             lane.link.report(lane, error, reachable)
-        if self._down != error:
-            level = logging.ERROR if isinstance(exc, RelayAuthError) else logging.WARNING
-            _log.log(
-                level,
-                "delivery to %s failed: %s; changes wait in the stores' outboxes and are retried%s",
-                self.name,
-                error,
-                "" if isinstance(exc, RelayUnavailable) else " (check the relay URL and token)",
-            )
-            self._down = error
+        self._down_attempts += 1
+        kind = _failure_kind(exc)
+        if self._down == kind:
+            # One warning per outage: the retries of the same failure are for debugging only.
+            _log.debug("delivery to %s failed again: %s", self.name, error)
+            return
+        if self._down is None:
+            self._down_since = time.monotonic()
+        level = logging.ERROR if isinstance(exc, RelayAuthError) else logging.WARNING
+        _log.log(
+            level,
+            "delivery to %s failed: %s; changes wait in the stores' outboxes and are retried%s",
+            self.name,
+            error,
+            "" if isinstance(exc, RelayUnavailable) else " (check the relay URL and token)",
+        )
+        self._down = kind
 
     def _reached(self) -> None:
         if self._down is not None:
-            _log.info("delivery to %s works again", self.name)
+            _log.info(
+                "delivery to %s recovered: it works again, after %.1f s and %d failed attempt(s)",
+                self.name,
+                time.monotonic() - self._down_since,
+                self._down_attempts,
+            )
             self._down = None
+            self._down_attempts = 0
 
     def _isolate(self, request: _Request, exc: RelayRejected) -> None:
         """The relay refused the request (4xx): narrow down to the records it refuses.
