@@ -289,9 +289,13 @@ class AgentStorage(BaseStorage):
         """:meth:`get_many` off the event loop."""
         return await run_in_thread(self.get_many, list(keys))
 
-    async def aget_remote(self, agent_id: str, key: str, default: Any = None) -> Any:
+    async def aget_remote(
+        self, agent_id: str, key: str, default: Any = None, *, target: str | None = None
+    ) -> Any:
         """:meth:`get_remote` as a coroutine on ``httpx.AsyncClient`` (no thread per call)."""
-        record = await self.aget_network_record(agent_id, KV_TABLE, validate_key(key))
+        record = await self.aget_network_record(
+            agent_id, KV_TABLE, validate_key(key), target=target
+        )
         if record is None or record.get("data") is None:
             return default
         return record["data"]["value"]

@@ -7,6 +7,7 @@ duplicates 0, per-agent order kept) are printed and asserted as in the fault sui
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -426,3 +427,22 @@ def test_close_ships_to_every_target_that_answers_not_only_a_quorum(
     store.close()  # a majority holds it: the target that is away gets it next time
     assert on_relays(urls[:2], "closing", "late") == 2
     assert f"still queued for {urls[2]}" in caplog.text
+
+
+def test_async_reads_fall_back_along_the_targets_too(
+    relays: list[RelayProcess], make_agent: MakeAgent
+) -> None:
+    urls = [relay.url for relay in relays]
+    writer = make_agent("async-writer", urls[0], replicate_to=urls[1:], sync_quorum="all")
+    writer.set("k", {"n": 2})
+    assert writer.wait_for_sync(WAIT)
+    reader = make_agent("async-reader", urls[0], replicate_to=urls[1:], close_timeout=0)
+    relays[0].kill()
+
+    async def read() -> tuple[object, object]:
+        return (
+            await reader.aget_remote("async-writer", "k"),
+            await reader.aget_remote("async-writer", "k", target=urls[1]),
+        )
+
+    assert asyncio.run(read()) == ({"n": 2}, {"n": 2})
