@@ -446,3 +446,22 @@ def test_async_reads_fall_back_along_the_targets_too(
         )
 
     assert asyncio.run(read()) == ({"n": 2}, {"n": 2})
+
+
+def test_a_target_added_later_is_filled_with_the_current_state(
+    relays: list[RelayProcess], tmp_path: Path
+) -> None:
+    urls = [relay.url for relay in relays]
+    data_dir = tmp_path / "grown"
+    with AgentStorage("grown", data_dir, htpc_url=urls[0], enable_htpc=True) as store:
+        store.set_many({f"k{i}": {"n": i} for i in range(50)})
+        store.delete("k0")
+        assert store.wait_for_sync(WAIT)
+    with AgentStorage(
+        "grown", data_dir, htpc_url=urls[0], replicate_to=urls[1:2], enable_htpc=True
+    ) as store:
+        store.set("k1", {"n": "new"})
+        wait_until(lambda: replicated(store), what="the new target filled")
+    want = {("grown", f"k{i}"): {"n": i} for i in range(2, 50)} | {("grown", "k1"): {"n": "new"}}
+    assert live_records(urls[0], ["grown"]) == want
+    assert live_records(urls[1], ["grown"]) == want
