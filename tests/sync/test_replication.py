@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from sync_helpers import (
     WAIT,
+    Child,
     Ledger,
     OrderWatcher,
     compare_with_relay,
@@ -465,3 +466,73 @@ def test_a_target_added_later_is_filled_with_the_current_state(
     want = {("grown", f"k{i}"): {"n": i} for i in range(2, 50)} | {("grown", "k1"): {"n": "new"}}
     assert live_records(urls[0], ["grown"]) == want
     assert live_records(urls[1], ["grown"]) == want
+
+
+# Three agent processes, each writing WRITES numbered sets and deletes to three relays.
+AGENT_PROCESS = """
+import sys, time
+from pathlib import Path
+from commander_os.storage.agent_storage import AgentStorage
+
+agent, data_dir, writes, keys, *urls = sys.argv[1:]
+store = AgentStorage(agent, Path(data_dir), htpc_url=urls[0], replicate_to=urls[1:],
+                     enable_htpc=True, sync_interval=0.3, sync_quorum="all")
+print("ready", flush=True)
+for n in range(int(writes)):
+    key = f"k{(n * 7) % int(keys):03d}"
+    if n % 9 == 8:
+        store.delete(key)
+    else:
+        store.set(key, {"n": n})
+    time.sleep(0.002)
+print("written", flush=True)
+assert store.wait_for_sync(120)
+store.close()
+print("done", flush=True)
+"""
+
+
+def final_state(writes: int, keys: int) -> dict[str, int | None]:
+    state: dict[str, int | None] = {}
+    for n in range(writes):
+        state[f"k{(n * 7) % keys:03d}"] = None if n % 9 == 8 else n
+    return state
+
+
+def test_three_agent_processes_and_a_relay_wiped_mid_stream(
+    relays: list[RelayProcess], spawn: Callable[..., Child], tmp_path: Path, full_run: bool
+) -> None:
+    writes, keys = (3000, 60) if full_run else (800, 40)
+    urls = [relay.url for relay in relays]
+    ids = [f"process-{i}" for i in range(3)]
+    children = [
+        spawn(AGENT_PROCESS, a, str(tmp_path / a), str(writes), str(keys), *urls) for a in ids
+    ]
+    for child in children:
+        assert child.read_line() == "ready"
+    time.sleep(0.5)
+    victim = relays[2]
+    victim.kill()
+    shutil.rmtree(victim.data_dir)
+    time.sleep(0.3)
+    victim.restart()
+    for child in children:
+        assert child.read_line(timeout=120) == "written"
+        assert child.read_line(timeout=120) == "done"
+        assert child.wait() == 0
+    state = final_state(writes, keys)
+    want = {(a, k): n for a in ids for k, n in state.items() if n is not None}
+    for url in urls:
+        dump = live_records(url, ids)
+        assert {k: v["n"] for k, v in dump.items()} == want, url  # type: ignore[index]
+    # The relays never wiped hold every deletion as well: the same record set, row for row.
+    with RelayClient(urls[0], timeout=WAIT) as one, RelayClient(urls[1], timeout=WAIT) as two:
+        first, second = (
+            sorted(
+                (r["agent_id"], r["key"], r["deleted"], r["version"])
+                for r in client.query_all(agent_id=ids, include_deleted=True, limit=1000)
+            )
+            for client in (one, two)
+        )
+    assert first == second
+    assert sum(deleted for _, _, deleted, _ in first) == 3 * sum(n is None for n in state.values())
