@@ -280,11 +280,17 @@ def _walkable(request: QueryRequest) -> bool:
     return len(set(agents)) == 1 and request.table is not None
 
 
-def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
-    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev."""
+def build_query(
+    request: QueryRequest, *, limit: int, ceiling: int | None = None
+) -> tuple[str, list[Any]]:
+    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev,
+    none past ``ceiling`` (the commit-order watermark: revs above it may still commit)."""
     where: list[str] = []
     params: list[Any] = []
     _identity_filters(request, where, params)
+    if ceiling is not None:
+        where.append("rev <= %s")
+        params.append(ceiling)
     if not request.include_deleted:
         where.append("NOT deleted")
     if request.updated_since is not None:

@@ -10,10 +10,12 @@ Layout (migration 1):
 * ``records``: the newest state of each ``(agent_id, tbl, key)``; ``data`` is JSONB with a GIN
   (``jsonb_path_ops``) index serving ``@>`` containment for the ``eq``/``in``/``contains`` field
   filters; ``rev`` is the global change order (unique, for the change feed and cursors).
-* ``rev_counter``: one row holding the last ``rev`` handed out. A writer reserves its revisions
-  by updating this row first in its transaction: the row lock is held until commit, so revisions
-  are handed out in commit order across every relay on the database (see ``postgres.py``).
 * ``agents``: per-agent high-water mark and last contact.
+
+Migration 3 replaces the one-row ``rev_counter`` (which every commit on every relay locked until
+it committed) with the sequence ``records_rev_seq`` and a commit-order watermark
+(``_postgres_watermark.py``). Every table's primary key starts with ``agent_id`` and no unique
+index lacks it, so the tables can be distributed by ``agent_id`` (README, "Sharding").
 
 Text columns use the "C" collation: keys compare by code point, as in the SQLite store, and
 ``key >= prefix AND key < upper`` prefix ranges are exact.
@@ -32,6 +34,7 @@ from commander_os.relay.central._base import CentralStoreError
 
 __all__ = [
     "MIGRATIONS",
+    "REV_BLOCK",
     "SCHEMA_VERSION",
     "Migration",
     "SchemaTooNewError",
@@ -101,9 +104,28 @@ ALTER TABLE agents ADD COLUMN seq_hi bigint NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN recent text NOT NULL DEFAULT '[]';
 """
 
+#: Revisions one ``nextval`` reserves: a commit draws one block per this many rows, so the
+#: sequence is touched about once per commit, not once per record. Unused revs are gaps, which
+#: the contract allows (revs are increasing, not dense).
+REV_BLOCK = 1000
+
+#: Revisions from a sequence instead of the one-row counter every commit queued on (see
+#: ``_postgres_watermark.py``). NO CYCLE, CACHE 1: a value cached by one session and used later
+#: would fall below the sequence's last value after a reader had taken that as settled.
+#: ``records_rev`` stops being unique: a unique index must hold the distribution column on a
+#: sharded (Citus-style) cluster, and the sequence alone keeps revs unique.
+V3_REV_SEQUENCE = """
+CREATE SEQUENCE records_rev_seq AS bigint INCREMENT BY 1000 MINVALUE 1 NO CYCLE CACHE 1;
+SELECT setval('records_rev_seq', last_rev + 1, false) FROM rev_counter;
+DROP TABLE rev_counter;
+DROP INDEX records_rev;
+CREATE INDEX records_rev ON records (rev);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rev counter, agents", V1_RECORDS),
     Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
+    Migration(3, "revisions from a sequence read up to a commit-order watermark", V3_REV_SEQUENCE),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -5,17 +5,22 @@ Same contract as the SQLite store (``central/base.py``); schema and migrations a
 
 **Writes.** Each relay group-commits (:mod:`._group_commit`): apply requests waiting in its
 queue are merged (newest version per identity wins, rows sorted by primary key so concurrent
-relays lock rows in one order) into one transaction of three pipelined statements and one WAL
-flush (``synchronous_commit`` on at the default durability):
+relays lock rows in one order) into one transaction and one WAL flush (``synchronous_commit`` on
+at the default durability). Nothing in it is shared by every writer: two relays writing
+different agents never wait for each other.
 
-1. ``UPDATE rev_counter`` reserves a block of revisions. The row lock it takes is held until
-   commit, so writers on every relay pass it one at a time and **revisions become visible in
-   increasing order**. A plain sequence would not do: two transactions could take revs 10 and 11
-   and commit 11 first, and a change-feed reader that had just read 11 would never see 10.
-2. One ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE ... WHERE excluded.version >
-   records.version`` applies every record (monotonic, idempotent) and returns the rows it
-   changed. Within the reserved block, each row's rev follows its agent's version order.
-3. ``INSERT ... ON CONFLICT`` raises each agent's high-water mark and last-seen time.
+1. One pipeline takes a transaction id (before any rev is drawn: the watermark relies on it),
+   locks the rows of the group's agents in ``agents`` (created if new; sorted, so relays never
+   deadlock), reads the judged agents' identity state, and draws blocks of revisions from the
+   sequence ``records_rev_seq`` (one ``nextval`` per :data:`REV_BLOCK` rows). The agent locks
+   come first, so two commits of one agent draw revs in the order they commit: per-agent order.
+2. A second pipeline applies every record with one ``INSERT ... SELECT FROM unnest(arrays) ON
+   CONFLICT DO UPDATE ... WHERE excluded.version > records.version`` (monotonic, idempotent;
+   each row's rev follows its agent's version order) and raises each agent's high-water mark.
+
+Revisions drawn from a sequence become visible out of order, so reads of the rev order stop at
+the commit-order watermark (:mod:`._postgres_watermark`): no reader moves past a rev that may
+still commit. A commit pokes the watermark; other relays' commits are seen on its next tick.
 
 **Reads** take a pooled connection with a ``statement_timeout`` equal to the query budget
 (``QueryTimeout`` when exceeded). Connection failures become :class:`CentralStoreUnavailable`
@@ -59,19 +64,28 @@ from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
 from commander_os.relay.central._postgres_query import build_query
-from commander_os.relay.central._postgres_schema import check_schema_name, migrate
+from commander_os.relay.central._postgres_schema import REV_BLOCK, check_schema_name, migrate
+from commander_os.relay.central._postgres_watermark import Watermark
 
 __all__ = ["PostgresCentralStore", "describe_url"]
 
-#: Records merged into one transaction at most; bounds how long one commit holds the rev lock.
+#: Records merged into one transaction at most; bounds how long one commit holds its agents.
 MAX_GROUP_RECORDS = 10_000
 DEFAULT_POOL_SIZE = 8
-#: Seconds a write may run; a stuck writer must not hold the revision lock forever.
+#: Seconds a write may run; a stuck writer must not hold its agents' rows forever.
 WRITE_STATEMENT_TIMEOUT = 60.0
 
-#: Taken first by every writer, on every relay: the lock that orders revisions (see above).
-LOCK_REVS = "SELECT last_rev FROM rev_counter FOR UPDATE"
-BUMP_REVS = "UPDATE rev_counter SET last_rev = last_rev + %s RETURNING last_rev"
+#: First in every write transaction: its id must exist before it draws a rev (the watermark).
+TAKE_XID = "SELECT pg_current_xact_id()"
+#: Lock the group's agents (sorted), creating the rows of new ones: ``DO UPDATE ... WHERE
+#: false`` changes nothing but locks the row it met, so commits of one agent take turns.
+LOCK_AGENTS = """
+INSERT INTO agents AS a (agent_id, highest_version, last_seen)
+SELECT agent_id, 0, %s FROM unnest(%s::text[]) AS agent_id
+ON CONFLICT (agent_id) DO UPDATE SET last_seen = a.last_seen WHERE false
+"""
+#: The first rev of each block drawn, in drawing order (increasing).
+DRAW_REVS = "SELECT nextval('records_rev_seq') FROM generate_series(1, %s::int) ORDER BY 1"
 SELECT_STATES = """
 SELECT agent_id, incarnation, seq_hi, recent, highest_version
 FROM agents WHERE agent_id = ANY(%s::text[]) ORDER BY agent_id FOR UPDATE
@@ -85,11 +99,10 @@ ON CONFLICT (agent_id) DO UPDATE SET
 """
 UPSERT_RECORDS = """
 INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev, received)
-SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data,
-       (SELECT last_rev FROM rev_counter) - %(count)s::bigint + 1 + s.rank, %(received)s
+SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data, s.rev, %(received)s
 FROM unnest(%(agent_id)b::text[], %(tbl)b::text[], %(key)b::text[], %(version)b::int8[],
-            %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[], %(rank)b::int8[])
-     WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, rank, n)
+            %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[], %(rev)b::int8[])
+     WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, rev, n)
 ORDER BY s.n
 ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
     version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
@@ -114,8 +127,19 @@ SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY 
 """
 #: The health probe: the newest revision, and whether this database can take writes at all.
 PROBE = """
-SELECT last_rev, pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'
-FROM rev_counter
+SELECT CASE WHEN is_called THEN last_value + %s - 1 ELSE last_value - 1 END,
+       pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'
+FROM records_rev_seq
+"""
+#: A watermark tick, in this order (see ``_postgres_watermark.py``): the highest rev drawn...
+READ_LAST_REV = """
+SELECT CASE WHEN is_called THEN last_value + %s - 1 ELSE last_value - 1 END
+FROM records_rev_seq
+"""
+#: ...then, in a statement of its own (so read after it), the ids of running transactions.
+READ_RUNNING = """
+SELECT coalesce(array_agg(backend_xid::text::bigint), '{}')
+FROM pg_stat_activity WHERE backend_xid IS NOT NULL
 """
 EXPLAIN_ANALYZE = "EXPLAIN (ANALYZE, FORMAT JSON) "
 CONFIGURE_SESSION = """
@@ -210,6 +234,8 @@ class PostgresCentralStore(CentralStore):
         self._readers: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._writers: AsyncConnectionPool[AsyncConnection[Any]] | None = None
         self._probe_conn: AsyncConnection[Any] | None = None
+        self._tick_conn: AsyncConnection[Any] | None = None
+        self._watermark = Watermark(self._tick)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -237,6 +263,8 @@ class PostgresCentralStore(CentralStore):
             await conn.close()
         self._readers = await self._pool("readers", self.pool_size, self.query_timeout)
         self._writers = await self._pool("writers", 2, WRITE_STATEMENT_TIMEOUT)
+        self._watermark = Watermark(self._tick)
+        self._watermark.start()
         self._writer = GroupWriter(self._commit, _commit_failure, max_records=MAX_GROUP_RECORDS)
         self._writer.start()
 
@@ -250,7 +278,12 @@ class PostgresCentralStore(CentralStore):
 
         pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             self.url,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(self.connect_timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(self.connect_timeout)),
+                # Operators (and the lock tests) tell the relay's sessions apart by this.
+                "application_name": f"commander-os relay {role}",
+            },
             min_size=1,
             max_size=size,
             open=False,
@@ -282,11 +315,15 @@ class PostgresCentralStore(CentralStore):
         if writer is None:
             return
         await writer.stop()
+        await self._watermark.stop()
         self._writer = self._readers = self._writers = None
         probe, self._probe_task = self._probe_task, None
         if probe is not None:
             probe.cancel()
         await self._close_probe()
+        tick_conn, self._tick_conn = self._tick_conn, None
+        if tick_conn is not None:
+            await tick_conn.close()
         for pool in (readers, writers):
             if pool is not None:
                 await pool.close()
@@ -302,44 +339,46 @@ class PostgresCentralStore(CentralStore):
             raise CentralStoreUnavailable("central store is closed")
         try:
             async with pool.connection() as conn, conn.transaction():
-                return await self._commit_in(conn, jobs)
+                result = await self._commit_in(conn, jobs)
         except _UNAVAILABLE as exc:
             raise CentralStoreUnavailable(f"central store unavailable: {_one_line(exc)}") from exc
+        self._watermark.poke()
+        return result
 
     async def _commit_in(
         self, conn: AsyncConnection[Any], jobs: list[list[WriteSegment]]
     ) -> CommitResult:
-        """One group in the open transaction: lock the revisions (always first, so relays
-        never deadlock), judge the delivery segments against the locked agent rows, write."""
+        """One group in the open transaction: take an id, lock the agents (sorted: relays never
+        deadlock), judge the delivery segments against their rows, draw revs, write."""
         now_us = time.time_ns() // 1000
-        await conn.execute(LOCK_REVS)
-        judged = await self._states(conn, judged_agents(jobs))
+        agents = sorted({segment.agent_id for job in jobs for segment in job})
+        judged_ids = judged_agents(jobs)
+        bound = sum(len(segment.records) for job in jobs for segment in job)
+        async with conn.pipeline():
+            await conn.execute(TAKE_XID)
+            await conn.execute(LOCK_AGENTS, (now_us, agents))
+            states = await conn.execute(SELECT_STATES, (judged_ids,)) if judged_ids else None
+            # At most one row per record: draw for that many (unused revs are gaps).
+            drawn = await conn.execute(DRAW_REVS, (-(-bound // REV_BLOCK),)) if bound else None
+        judged = {} if states is None else {a: _state(*v) for a, *v in await states.fetchall()}
+        blocks = [] if drawn is None else [int(first) for (first,) in await drawn.fetchall()]
         plan = GroupPlan.of(jobs, judged)
         group = plan.merged
         hwm = {agent: state.highest_version for agent, state in judged.items()}
         applied: list[int] = []
+        async with conn.pipeline():
+            if group.rows:
+                revs = _revs_by_rank(blocks, len(group.rows))
+                row_revs = [revs[rank] for rank in group.rev_rank]
+                upsert = await conn.execute(UPSERT_RECORDS, _upsert_params(group, row_revs, now_us))
+                high = await conn.execute(UPSERT_AGENTS, _agent_params(group, now_us))
+            if plan.states:
+                await conn.execute(UPSERT_STATES, _state_params(plan.states, hwm, now_us))
         if group.rows:
-            async with conn.pipeline():
-                bump = await conn.execute(BUMP_REVS, (len(group.rows),))
-                upsert = await conn.execute(UPSERT_RECORDS, _upsert_params(group, now_us))
-                agents = await conn.execute(UPSERT_AGENTS, _agent_params(group, now_us))
-            bumped = await bump.fetchone()
-            changed = await upsert.fetchall()
-            hwm.update({agent: int(version) for agent, version in await agents.fetchall()})
-            assert bumped is not None
-            # The rows' revs are first_rev + rank: map them back to the rows that changed.
-            first_rev = int(bumped[0]) - len(group.rows) + 1
-            row_of_rank = {rank: index for index, rank in enumerate(group.rev_rank)}
-            applied = [row_of_rank[rev - first_rev] for (rev,) in changed]
-        if plan.states:
-            await conn.execute(UPSERT_STATES, _state_params(plan.states, hwm, now_us))
+            hwm.update({agent: int(version) for agent, version in await high.fetchall()})
+            row_of_rev = {rev: index for index, rev in enumerate(row_revs)}
+            applied = [row_of_rev[rev] for (rev,) in await upsert.fetchall()]
         return CommitResult(plan, applied, hwm)
-
-    async def _states(self, conn: AsyncConnection[Any], agents: list[str]) -> dict[str, AgentState]:
-        if not agents:
-            return {}
-        cursor = await conn.execute(SELECT_STATES, (agents,))
-        return {agent: _state(*values) for agent, *values in await cursor.fetchall()}
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -369,7 +408,7 @@ class PostgresCentralStore(CentralStore):
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        sql, params = build_query(request, limit=limit)
+        sql, params = build_query(request, limit=limit, ceiling=await self._watermark.fresh())
         rows: Sequence[Sequence[Any]] = await self._fetch(sql, params)
         return rows
 
@@ -404,7 +443,7 @@ class PostgresCentralStore(CentralStore):
                     self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
                 )
                 await self._configure(conn, HEALTH_PROBE_SECONDS)
-            cursor = await conn.execute(PROBE)
+            cursor = await conn.execute(PROBE, (REV_BLOCK,))
             row = await cursor.fetchone()
         except psycopg.Error as exc:
             await self._close_probe()
@@ -412,6 +451,28 @@ class PostgresCentralStore(CentralStore):
         assert row is not None
         last_rev, read_only = row
         return int(last_rev), "the database is read-only (a standby?)" if read_only else None
+
+    async def _tick(self) -> tuple[int, frozenset[int]]:
+        """One watermark tick on a connection of its own (queries may hold every reader)."""
+        try:
+            conn = self._tick_conn
+            if conn is None or conn.closed:
+                conn = self._tick_conn = await AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+                )
+                await self._configure(conn, HEALTH_PROBE_SECONDS)
+            # Two statements, so the list is read after the rev (see the watermark).
+            async with conn.pipeline():
+                last = await conn.execute(READ_LAST_REV, (REV_BLOCK,))
+                listed = await conn.execute(READ_RUNNING)
+            (last_rev,) = await last.fetchone() or (0,)
+            (running,) = await listed.fetchone() or ([],)
+        except psycopg.Error:
+            conn, self._tick_conn = self._tick_conn, None
+            if conn is not None:
+                await conn.close()
+            raise
+        return int(last_rev), frozenset(running)
 
     async def _close_probe(self) -> None:
         conn, self._probe_conn = self._probe_conn, None
@@ -447,10 +508,15 @@ def _examined(node: dict[str, Any]) -> int:
     return rows + sum(_examined(child) for child in node.get("Plans", ()))
 
 
-def _upsert_params(group: MergedGroup, now_us: int) -> dict[str, Any]:
+def _revs_by_rank(blocks: list[int], count: int) -> list[int]:
+    """The first ``count`` revs of the drawn blocks, in increasing order."""
+    revs = [rev for first in blocks for rev in range(first, first + REV_BLOCK)]
+    return revs[:count]
+
+
+def _upsert_params(group: MergedGroup, revs: list[int], now_us: int) -> dict[str, Any]:
     rows = group.rows
     return {
-        "count": len(rows),
         "received": now_us,
         "agent_id": [r.agent_id for r in rows],
         "tbl": [r.table for r in rows],
@@ -459,7 +525,7 @@ def _upsert_params(group: MergedGroup, now_us: int) -> dict[str, Any]:
         "ts": [r.ts_us for r in rows],
         "deleted": [r.deleted for r in rows],
         "data": [r.data for r in rows],
-        "rank": group.rev_rank,
+        "rev": revs,
     }
 
 
