@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -503,6 +504,91 @@ def _relay_import(
         f"{result.ignored} already there",
         highlight=False,
     )
+
+
+index_app = typer.Typer(
+    help="Opt-in value indexes on fields of the data (PostgreSQL central store).",
+    no_args_is_help=True,
+)
+relay_app.add_typer(index_app, name="index")
+FieldArg = Annotated[str, typer.Argument(help="Dotted path into the data, e.g. value.status.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _with_field_indexes(
+    config: Path | None, database_url: str | None, action: Callable[[Any], Awaitable[Any]]
+) -> Any:
+    """Open the configured central store and run ``action`` on it (PostgreSQL only)."""
+    import asyncio
+
+    store = _central_store(config, None, database_url)
+    if not hasattr(store, "field_indexes"):
+        raise typer.BadParameter(
+            f"field indexes belong to the PostgreSQL central store; this relay uses "
+            f"{store.backend}: give --database-url or a config with database_url",
+            param_hint="--database-url",
+        )
+
+    async def run() -> Any:
+        async with store:
+            return await action(store)
+
+    try:
+        return asyncio.run(run())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FIELD") from None
+
+
+def _index_json(index: Any) -> dict[str, Any]:
+    return {"field": index.field, "name": index.name, "bytes": index.bytes, "valid": index.valid}
+
+
+@index_app.command("add")
+def _index_add(
+    field: FieldArg,
+    config: ConfigOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the value index of FIELD (writes go on while it builds); idempotent."""
+    index = _with_field_indexes(config, database_url, lambda store: store.add_field_index(field))
+    if as_json:
+        sys.stdout.write(orjson.dumps(_index_json(index)).decode() + "\n")
+    else:
+        console.print(
+            f"indexed {index.field} ({index.name}, {_size(index.bytes)})", highlight=False
+        )
+
+
+@index_app.command("list")
+def _index_list(
+    config: ConfigOpt = None, database_url: DatabaseUrlOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Every field with a value index, its size and whether queries can use it."""
+    indexes = _with_field_indexes(config, database_url, lambda store: store.field_indexes())
+    if as_json:
+        sys.stdout.write(orjson.dumps([_index_json(i) for i in indexes]).decode() + "\n")
+        return
+    if not indexes:
+        console.print("no field indexes (add one: commander-os relay index add FIELD)")
+    for index in indexes:
+        state = "" if index.valid else " [red]INVALID: add it again[/]"
+        console.print(f"{index.field}  {index.name}  {_size(index.bytes)}{state}", highlight=False)
+
+
+@index_app.command("drop")
+def _index_drop(
+    field: FieldArg,
+    config: ConfigOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drop the value index of FIELD (queries on it then scan)."""
+    dropped = _with_field_indexes(config, database_url, lambda store: store.drop_field_index(field))
+    if as_json:
+        sys.stdout.write(orjson.dumps({"field": field, "dropped": dropped}).decode() + "\n")
+    else:
+        console.print(f"dropped the index of {field}" if dropped else f"{field} had no index")
 
 
 # ------------------------------------------------------------------------------- token

@@ -68,6 +68,11 @@ async def test_a_rev_that_commits_late_is_not_skipped(schema_url: tuple[str, str
                 "received) VALUES ('agent-b', 'kv', 'late', 1, 0, false, '{}', %s, 0)",
                 (late_rev,),
             )
+            slow.execute(
+                "INSERT INTO changes (agent_id, key, tbl, rev)"
+                " VALUES ('agent-b', 'late', 'kv', %s)",
+                (late_rev,),
+            )
             slow.commit()
         seen = (await store.query(QueryRequest())).records
         assert [r.key for r in seen] == ["first", "late", "second"]
@@ -108,9 +113,9 @@ def test_schema_is_ready_for_sharding_by_agent_id(schema_url: tuple[str, str]) -
                 "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
             )
         }
-        # schema_version is the one table without agents: a reference (replicated) table.
-        distributed = tables - {"schema_version"}
-        assert distributed >= {"records", "agents"}
+        # The small tables without agents are reference (replicated) tables.
+        distributed = tables - {"schema_version", "field_indexes", "retention"}
+        assert distributed == {"records", "changes", "agents"}
         for table in sorted(distributed):
             unique = conn.execute(
                 """

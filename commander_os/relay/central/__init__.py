@@ -81,6 +81,8 @@ def store_for_config(config: RelayConfig) -> CentralStore:
             durability=config.durability,
             max_value_bytes=config.limits.max_value_bytes,
             query_timeout=config.limits.query_timeout,
+            indexed_fields=config.indexed_fields,
+            retention=config.retention,
         )
     raise CentralStoreUnavailable(
         f"central store backend {config.backend!r} is not available in this build"

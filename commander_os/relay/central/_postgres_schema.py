@@ -122,10 +122,50 @@ DROP INDEX records_rev;
 CREATE INDEX records_rev ON records (rev);
 """
 
+#: State apart from order: ``records`` keeps each identity's current state with no index on a
+#: column an update changes (its updates can be HOT: no new index entries, pruned in-page
+#: without a vacuum), ``changes`` is the append-only log that orders them (one row per applied
+#: change; a row whose record moved on is superseded and left to the retention sweep).
+#: ``records_in_order`` joins the two: every read of the rev order goes through it.
+#: Field indexes are opt-in (``field_indexes``, ``commander-os relay index``), not one GIN index
+#: every write pays for.
+V4_STATE_AND_LOG = """
+CREATE TABLE changes (
+    agent_id text COLLATE "C" NOT NULL,
+    key      text COLLATE "C" NOT NULL,
+    tbl      text COLLATE "C" NOT NULL,
+    rev      bigint NOT NULL,
+    PRIMARY KEY (agent_id, key, tbl, rev)
+);
+INSERT INTO changes (agent_id, key, tbl, rev) SELECT agent_id, key, tbl, rev FROM records;
+CREATE INDEX changes_rev ON changes (rev);
+CREATE INDEX changes_agent_table_rev ON changes (agent_id, tbl, rev);
+DROP INDEX records_rev;
+DROP INDEX records_agent_table_rev;
+DROP INDEX records_data;
+ALTER TABLE records SET (fillfactor = 80);
+ALTER TABLE agents SET (fillfactor = 50);
+CREATE VIEW records_in_order AS
+SELECT r.agent_id, r.tbl, r.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM changes c JOIN records r
+  ON r.agent_id = c.agent_id AND r.key = c.key AND r.tbl = c.tbl AND r.rev = c.rev;
+CREATE TABLE field_indexes (
+    field text COLLATE "C" PRIMARY KEY,
+    name  text NOT NULL UNIQUE
+);
+CREATE TABLE retention (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    horizon_rev bigint  NOT NULL DEFAULT 0,
+    marks       text    NOT NULL DEFAULT '[]'
+);
+INSERT INTO retention DEFAULT VALUES;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rev counter, agents", V1_RECORDS),
     Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
     Migration(3, "revisions from a sequence read up to a commit-order watermark", V3_REV_SEQUENCE),
+    Migration(4, "records apart from the change log; opt-in field indexes", V4_STATE_AND_LOG),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -33,9 +33,12 @@ refused with ``ValueError`` before anything is written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -45,7 +48,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from commander_os.protocol import EncodedRecord, QueryRequest
+from commander_os.errors import CursorExpired
+from commander_os.protocol import EncodedRecord, QueryRequest, decode_cursor
 from commander_os.relay.central._base import (
     HEALTH_PROBE_SECONDS,
     CentralStore,
@@ -65,13 +69,33 @@ from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
 from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import REV_BLOCK, check_schema_name, migrate
+from commander_os.relay.central._postgres_upkeep import (
+    FieldIndex,
+    UpkeepReport,
+    add_field_index,
+    autovacuum_is_off,
+    drop_field_index,
+    list_field_indexes,
+    read_indexed_fields,
+    run_upkeep,
+)
 from commander_os.relay.central._postgres_watermark import Watermark
 
 __all__ = ["PostgresCentralStore", "describe_url"]
 
+_log = logging.getLogger("commander_os.relay.central")
+
 #: Records merged into one transaction at most; bounds how long one commit holds its agents.
 MAX_GROUP_RECORDS = 10_000
 DEFAULT_POOL_SIZE = 8
+#: Seconds between upkeep passes (retention sweep, vacuum, the list of field indexes).
+UPKEEP_SECONDS = 30.0
+#: Read after a page's query when it has a cursor (see ``_select``).
+READ_HORIZON = "SELECT horizon_rev FROM retention"
+AUTOVACUUM_WARNING = (
+    "autovacuum is off on this PostgreSQL server: the relay vacuums the tables it churns "
+    "itself (records, changes, agents) every %g s; other tables of the database are not vacuumed"
+)
 #: Seconds a write may run; a stuck writer must not hold its agents' rows forever.
 WRITE_STATEMENT_TIMEOUT = 60.0
 
@@ -98,17 +122,21 @@ ON CONFLICT (agent_id) DO UPDATE SET
     seq_hi = excluded.seq_hi, recent = excluded.recent
 """
 UPSERT_RECORDS = """
-INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev, received)
-SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data, s.rev, %(received)s
-FROM unnest(%(agent_id)b::text[], %(tbl)b::text[], %(key)b::text[], %(version)b::int8[],
-            %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[], %(rev)b::int8[])
-     WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, rev, n)
-ORDER BY s.n
-ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
-    version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
-    data = excluded.data, rev = excluded.rev, received = excluded.received
-WHERE excluded.version > r.version
-RETURNING r.rev
+WITH applied AS (
+    INSERT INTO records AS r (agent_id, tbl, key, version, ts, deleted, data, rev, received)
+    SELECT s.agent_id, s.tbl, s.key, s.version, s.ts, s.deleted, s.data, s.rev, %(received)s
+    FROM unnest(%(agent_id)b::text[], %(tbl)b::text[], %(key)b::text[], %(version)b::int8[],
+                %(ts)b::int8[], %(deleted)b::bool[], %(data)b::text[]::jsonb[], %(rev)b::int8[])
+         WITH ORDINALITY AS s(agent_id, tbl, key, version, ts, deleted, data, rev, n)
+    ORDER BY s.n
+    ON CONFLICT (agent_id, key, tbl) DO UPDATE SET
+        version = excluded.version, ts = excluded.ts, deleted = excluded.deleted,
+        data = excluded.data, rev = excluded.rev, received = excluded.received
+    WHERE excluded.version > r.version
+    RETURNING r.agent_id, r.key, r.tbl, r.rev
+)
+INSERT INTO changes (agent_id, key, tbl, rev) SELECT agent_id, key, tbl, rev FROM applied
+RETURNING rev
 """
 UPSERT_AGENTS = """
 INSERT INTO agents AS a (agent_id, highest_version, last_seen)
@@ -223,6 +251,9 @@ class PostgresCentralStore(CentralStore):
         query_timeout: float = 5.0,
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = 5.0,
+        indexed_fields: Sequence[str] = (),
+        retention: float = 7 * 86_400.0,
+        upkeep_interval: float = UPKEEP_SECONDS,
     ) -> None:
         self.url = url
         self.schema = None if schema is None else check_schema_name(schema)
@@ -236,6 +267,12 @@ class PostgresCentralStore(CentralStore):
         self._probe_conn: AsyncConnection[Any] | None = None
         self._tick_conn: AsyncConnection[Any] | None = None
         self._watermark = Watermark(self._tick)
+        self.indexed_fields = tuple(indexed_fields)
+        self.retention = retention
+        self.upkeep_interval = upkeep_interval
+        #: Fields with a usable index (refreshed by each upkeep pass).
+        self._indexed: frozenset[str] = frozenset()
+        self._upkeep_task: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -255,6 +292,7 @@ class PostgresCentralStore(CentralStore):
             # Migrations are not queries: a short query budget must not cancel them.
             await self._configure(conn, WRITE_STATEMENT_TIMEOUT)
             await migrate(conn, self.schema)
+            await self._prepare(conn)
         except psycopg.Error as exc:
             raise CentralStoreUnavailable(
                 f"cannot prepare the central store schema at {where}: {_one_line(exc)}"
@@ -267,6 +305,17 @@ class PostgresCentralStore(CentralStore):
         self._watermark.start()
         self._writer = GroupWriter(self._commit, _commit_failure, max_records=MAX_GROUP_RECORDS)
         self._writer.start()
+        self._upkeep_task = asyncio.create_task(self._upkeep_loop(), name="central-upkeep")
+
+    async def _prepare(self, conn: AsyncConnection[Any]) -> None:
+        """Create the configured field indexes that are missing; warn if autovacuum is off."""
+        have = await read_indexed_fields(conn)
+        for field in self.indexed_fields:
+            if field not in have:
+                await add_field_index(conn, field)
+        self._indexed = await read_indexed_fields(conn)
+        if await autovacuum_is_off(conn):
+            _log.warning(AUTOVACUUM_WARNING, self.upkeep_interval)
 
     async def _pool(
         self, role: str, size: int, statement_timeout: float
@@ -307,7 +356,8 @@ class PostgresCentralStore(CentralStore):
         # record of a page, not fail the whole fetch.
         set_json_loads(_undecoded, conn)
         sync = "on" if self.durability == "full" else "off"
-        timeout = f"{max(1, round(statement_timeout * 1000))}ms"
+        # 0 means no budget (PostgreSQL's own meaning of statement_timeout = 0).
+        timeout = f"{max(1, round(statement_timeout * 1000))}ms" if statement_timeout else "0"
         await conn.execute(CONFIGURE_SESSION, (timeout, sync, self.schema, self.schema))
 
     async def close(self) -> None:
@@ -316,6 +366,11 @@ class PostgresCentralStore(CentralStore):
             return
         await writer.stop()
         await self._watermark.stop()
+        upkeep, self._upkeep_task = self._upkeep_task, None
+        if upkeep is not None:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
         self._writer = self._readers = self._writers = None
         probe, self._probe_task = self._probe_task, None
         if probe is not None:
@@ -383,6 +438,13 @@ class PostgresCentralStore(CentralStore):
     # -- reads --------------------------------------------------------------------------------
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        rows, _ = await self._fetch_two(sql, params, None)
+        return rows
+
+    async def _fetch_two(
+        self, sql: str, params: Sequence[Any], then: str | None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The rows of ``sql``, and of ``then`` (a statement of its own, run after it)."""
         pool = self._readers
         if pool is None:
             raise CentralStoreUnavailable("central store is closed")
@@ -390,8 +452,13 @@ class PostgresCentralStore(CentralStore):
             # Waiting for a connection is bounded by the query budget too: under load a query
             # answers within about twice the budget (the wait, then statement_timeout).
             async with pool.connection(timeout=self.query_timeout) as conn:
-                cursor = await conn.execute(sql, params)
-                return await cursor.fetchall()
+                if then is None:
+                    cursor = await conn.execute(sql, params)
+                    return await cursor.fetchall(), []
+                async with conn.pipeline():
+                    first = await conn.execute(sql, params)
+                    second = await conn.execute(then)
+                return await first.fetchall(), await second.fetchall()
         except psycopg.errors.QueryCanceled as exc:
             raise QueryTimeout(
                 f"query ran past the {self.query_timeout:g} s budget: "
@@ -408,8 +475,21 @@ class PostgresCentralStore(CentralStore):
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        sql, params = build_query(request, limit=limit, ceiling=await self._watermark.fresh())
-        rows: Sequence[Sequence[Any]] = await self._fetch(sql, params)
+        ceiling = await self._watermark.fresh()
+        sql, params = build_query(request, limit=limit, ceiling=ceiling, indexed=self._indexed)
+        if request.cursor is None:
+            rows: Sequence[Sequence[Any]] = await self._fetch(sql, params)
+            return rows
+        # The horizon is read after the page: if the sweep had not passed the cursor then,
+        # it had not when the page was read either, so the page missed no tombstone.
+        rows, ((horizon,),) = await self._fetch_two(sql, params, READ_HORIZON)
+        after = decode_cursor(request.cursor)
+        if after < horizon:
+            raise CursorExpired(
+                f"cursor {request.cursor[:40]!r} is older than the change log's retention "
+                f"horizon ({self.retention:g} s): changes it would need were swept; "
+                "start over without a cursor (resync)"
+            )
         return rows
 
     def _decode_data(self, raw: Any) -> dict[str, Any]:
@@ -451,6 +531,62 @@ class PostgresCentralStore(CentralStore):
         assert row is not None
         last_rev, read_only = row
         return int(last_rev), "the database is read-only (a standby?)" if read_only else None
+
+    # -- upkeep and field indexes ---------------------------------------------------------
+
+    async def upkeep(self) -> UpkeepReport:
+        """One upkeep pass (the store runs one every ``upkeep_interval`` seconds): sweep the
+        change log past the retention horizon, vacuum what churned, re-read the field indexes.
+        Raises :class:`CentralStoreUnavailable` when the database is away."""
+        try:
+            async with self._admin() as conn:
+                report = await run_upkeep(
+                    conn, watermark=self._watermark.value, retention=self.retention
+                )
+                self._indexed = await read_indexed_fields(conn)
+        except psycopg.Error as exc:
+            raise CentralStoreUnavailable(f"central store upkeep failed: {_one_line(exc)}") from exc
+        return report
+
+    async def _upkeep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.upkeep_interval)
+            try:
+                await self.upkeep()
+            except CentralStoreUnavailable as exc:
+                _log.warning("%s", exc)
+
+    async def add_field_index(self, field: str) -> FieldIndex:
+        """Create (without blocking writes) and register the value index of ``field``.
+        Raises ``ValueError`` for a field that cannot be indexed."""
+        async with self._admin() as conn:
+            index = await add_field_index(conn, field)
+            self._indexed = await read_indexed_fields(conn)
+        return index
+
+    async def drop_field_index(self, field: str) -> bool:
+        """Drop the value index of ``field``; False if it had none."""
+        async with self._admin() as conn:
+            dropped = await drop_field_index(conn, field)
+            self._indexed = await read_indexed_fields(conn)
+        return dropped
+
+    async def field_indexes(self) -> list[FieldIndex]:
+        """Every field index, by field."""
+        async with self._admin() as conn:
+            return await list_field_indexes(conn)
+
+    @contextlib.asynccontextmanager
+    async def _admin(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of its own without a statement budget (index builds, vacuum)."""
+        conn = await AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+        )
+        try:
+            await self._configure(conn, 0)
+            yield conn
+        finally:
+            await conn.close()
 
     async def _tick(self) -> tuple[int, frozenset[int]]:
         """One watermark tick on a connection of its own (queries may hold every reader)."""
@@ -500,12 +636,18 @@ def _plan_steps(node: dict[str, Any], depth: int = 0) -> Iterator[str]:
 
 
 def _examined(node: dict[str, Any]) -> int:
-    """Rows the scans of a plan read: those they returned and those their filters removed."""
+    """Rows the scans of a plan read: those they returned and those their filters removed.
+
+    The inner side of a nested loop is a lookup per outer row (the change log joined to its
+    records, one row each): the rows examined are the outer side's."""
     rows = 0
     if "Relation Name" in node:
         kept = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
         rows += int(kept * node.get("Actual Loops", 1))
-    return rows + sum(_examined(child) for child in node.get("Plans", ()))
+    children = node.get("Plans", ())
+    if node["Node Type"] == "Nested Loop":
+        children = children[:1]
+    return rows + sum(_examined(child) for child in children)
 
 
 def _revs_by_rank(blocks: list[int], count: int) -> list[int]:
