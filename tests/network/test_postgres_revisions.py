@@ -56,7 +56,8 @@ async def test_a_rev_that_commits_late_is_not_skipped(schema_url: tuple[str, str
     try:
         await store.apply([make_record("first", 1, {"n": 1})])
         assert [r.key for r in (await store.query(QueryRequest())).records] == ["first"]
-        with psycopg.connect(with_search_path(url, schema)) as slow:
+        writer = with_search_path(url, schema) + "&application_name=commander-os%20relay%20writers"
+        with psycopg.connect(writer) as slow:
             # A writer that took its id and drew a rev, and has not committed yet.
             slow.execute("SELECT pg_current_xact_id()")
             (late_rev,) = slow.execute("SELECT nextval('records_rev_seq')").fetchone() or (0,)
@@ -115,7 +116,7 @@ def test_schema_is_ready_for_sharding_by_agent_id(schema_url: tuple[str, str]) -
         }
         # The small tables without agents are reference (replicated) tables.
         distributed = tables - {"schema_version", "field_indexes", "retention"}
-        assert distributed == {"records", "changes", "agents"}
+        assert distributed == {"records", "changes", "agents", "table_stats"}
         for table in sorted(distributed):
             unique = conn.execute(
                 """

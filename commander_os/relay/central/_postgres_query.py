@@ -59,8 +59,10 @@ __all__ = [
 ]
 
 SELECT_COLUMNS = ROW_COLUMNS
-#: Reads of the rev order go through the view joining the change log to the records.
+#: Reads of the rev order go through the view that walks the change log and looks each
+#: entry's record up; reads a field index drives go through the plain join.
 SOURCE = "records_in_order"
+BY_STATE = "records_by_state"
 _SELECT = f"SELECT {SELECT_COLUMNS} FROM {SOURCE}"
 #: Candidate rows the ``rev``-order walk examines per row asked for (see the module docstring):
 #: the walk alone answers filters matching at least 1 in this many candidates...
@@ -82,7 +84,7 @@ WITH hits AS MATERIALIZED (
 SELECT {SELECT_COLUMNS} FROM hits
 UNION ALL (
     SELECT {SELECT_COLUMNS} FROM (
-        SELECT {SELECT_COLUMNS} FROM {SOURCE} WHERE {{base}} AND {{filters}} OFFSET 0
+        SELECT {SELECT_COLUMNS} FROM {BY_STATE} WHERE {{base}} AND {{filters}} OFFSET 0
     ) found
     WHERE CASE WHEN (SELECT count(*) FROM hits) < %s
                THEN (SELECT rev FROM edge) IS NOT NULL ELSE false END

@@ -161,11 +161,44 @@ CREATE TABLE retention (
 INSERT INTO retention DEFAULT VALUES;
 """
 
+#: Live records per agent and table, kept by every commit (``/relay/agents`` reads it instead
+#: of counting the records table).
+V5_TABLE_STATS = """
+CREATE TABLE table_stats (
+    agent_id text COLLATE "C" NOT NULL,
+    tbl      text COLLATE "C" NOT NULL,
+    live     bigint NOT NULL,
+    PRIMARY KEY (agent_id, tbl)
+) WITH (fillfactor = 50);
+INSERT INTO table_stats (agent_id, tbl, live)
+SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY agent_id, tbl;
+"""
+
+#: Reads of the rev order walk the log and look each entry's record up by key, whatever the
+#: table's size (``OFFSET 0`` keeps the planner from turning the lookup into a hash join of
+#: both tables, which it prefers while they are small and which would not follow matches).
+#: ``records_by_state`` is the plain join, for reads a field index drives from ``records``.
+V6_LOG_DRIVEN_READS = """
+CREATE OR REPLACE VIEW records_in_order AS
+SELECT c.agent_id, c.tbl, c.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM changes c CROSS JOIN LATERAL (
+    SELECT r.version, r.ts, r.deleted, r.data, r.received FROM records r
+    WHERE r.agent_id = c.agent_id AND r.key = c.key AND r.tbl = c.tbl AND r.rev = c.rev
+    OFFSET 0
+) r;
+CREATE VIEW records_by_state AS
+SELECT r.agent_id, r.tbl, r.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM records r JOIN changes c
+  ON c.agent_id = r.agent_id AND c.key = r.key AND c.tbl = r.tbl AND c.rev = r.rev;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rev counter, agents", V1_RECORDS),
     Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
     Migration(3, "revisions from a sequence read up to a commit-order watermark", V3_REV_SEQUENCE),
     Migration(4, "records apart from the change log; opt-in field indexes", V4_STATE_AND_LOG),
+    Migration(5, "live records per agent and table, kept by every commit", V5_TABLE_STATS),
+    Migration(6, "reads of the rev order walk the log", V6_LOG_DRIVEN_READS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -52,7 +52,7 @@ UPKEEP_LOCK_KEY = 0x75706B656570  # "upkeep"
 VACUUM_MIN_DEAD = 1000
 VACUUM_DEAD_FRACTION = 0.1
 #: The tables a relay churns, and so vacuums.
-CHURNED_TABLES = ("records", "changes", "agents")
+CHURNED_TABLES = ("records", "changes", "agents", "table_stats")
 #: Notes of (time, rev) kept for the horizon (one per sweep; older ones are dropped).
 MAX_MARKS = 10_000
 
