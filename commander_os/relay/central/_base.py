@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,23 @@ class CentralStore(ABC):
     max_value_bytes: int | None = None
     _writer: GroupWriter | None = None
     _probe_task: asyncio.Future[tuple[int, str | None]] | None = None
+    #: Called (on the event loop) when another relay on the same store committed.
+    _change_listeners: list[Callable[[], None]]
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever another relay sharing this store commits (stores that
+        can tell: PostgreSQL, by LISTEN/NOTIFY). This relay's own commits are not announced."""
+        if not hasattr(self, "_change_listeners"):
+            self._change_listeners = []
+        self._change_listeners.append(listener)
+
+    def _announce_change(self) -> None:
+        for listener in getattr(self, "_change_listeners", ()):
+            listener()
+
+    async def feed_head(self) -> int:
+        """The highest rev a reader may read now (the change feed's window starts there)."""
+        return (await self._shared_probe())[0]
 
     @abstractmethod
     async def open(self) -> None:

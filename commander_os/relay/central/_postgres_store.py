@@ -38,12 +38,13 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -189,6 +190,7 @@ FROM pg_stat_activity
 WHERE backend_xid IS NOT NULL AND datname = current_database() AND application_name = %s
 """
 EXPLAIN_ANALYZE = "EXPLAIN (ANALYZE, FORMAT JSON) "
+NOTIFY = "SELECT pg_notify(%s, %s)"
 CONFIGURE_SESSION = """
 SELECT set_config('statement_timeout', %s, false),
        set_config('synchronous_commit', %s, false),
@@ -292,6 +294,13 @@ class PostgresCentralStore(CentralStore):
         #: Fields with a usable index (refreshed by each upkeep pass).
         self._indexed: frozenset[str] = frozenset()
         self._upkeep_task: asyncio.Task[None] | None = None
+        # LISTEN/NOTIFY between relays: commits are announced on a channel of the schema's.
+        self._channel = "commander_os_changes" + (f"_{self.schema}" if self.schema else "")
+        self._instance = uuid.uuid4().hex
+        self._listen_task: asyncio.Task[None] | None = None
+        self._notify_task: asyncio.Task[None] | None = None
+        self._notify_again = False
+        self._notify_conn: AsyncConnection[Any] | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -325,6 +334,7 @@ class PostgresCentralStore(CentralStore):
         self._writer = GroupWriter(self._commit, _commit_failure, max_records=MAX_GROUP_RECORDS)
         self._writer.start()
         self._upkeep_task = asyncio.create_task(self._upkeep_loop(), name="central-upkeep")
+        self._listen_task = asyncio.create_task(self._listen(), name="central-listen")
 
     async def _prepare(self, conn: AsyncConnection[Any]) -> None:
         """Create the configured field indexes that are missing; warn if autovacuum is off."""
@@ -385,11 +395,15 @@ class PostgresCentralStore(CentralStore):
             return
         await writer.stop()
         await self._watermark.stop()
-        upkeep, self._upkeep_task = self._upkeep_task, None
-        if upkeep is not None:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+        for task in (self._upkeep_task, self._listen_task, self._notify_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._upkeep_task = self._listen_task = self._notify_task = None
+        notify_conn, self._notify_conn = self._notify_conn, None
+        if notify_conn is not None:
+            await notify_conn.close()
         self._writer = self._readers = self._writers = None
         probe, self._probe_task = self._probe_task, None
         if probe is not None:
@@ -417,7 +431,57 @@ class PostgresCentralStore(CentralStore):
         except _UNAVAILABLE as exc:
             raise CentralStoreUnavailable(f"central store unavailable: {_one_line(exc)}") from exc
         self._watermark.poke()
+        self._notify_others()
         return result
+
+    # -- LISTEN/NOTIFY between relays -----------------------------------------------------
+
+    def _notify_others(self) -> None:
+        """Announce a commit to the other relays on this database (coalesced: one NOTIFY in
+        flight at a time, outside any write transaction, so no commit waits on the server's
+        notification queue lock)."""
+        if self._notify_task is not None and not self._notify_task.done():
+            self._notify_again = True
+            return
+        self._notify_task = asyncio.create_task(self._send_notifies(), name="central-notify")
+
+    async def _send_notifies(self) -> None:
+        self._notify_again = True
+        while self._notify_again:
+            self._notify_again = False
+            try:
+                conn = self._notify_conn
+                if conn is None or conn.closed:
+                    conn = self._notify_conn = await self._connect()
+                await conn.execute(NOTIFY, (self._channel, self._instance))
+            except psycopg.Error as exc:  # others then find the commit on their next re-check
+                _log.debug("change announcement failed: %s", _one_line(exc))
+                self._notify_conn = None
+                return
+
+    async def _listen(self) -> None:
+        """Wake this relay's readers (watermark, change feed) on other relays' commits."""
+        while True:
+            try:
+                conn = await self._connect()
+                try:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    async for note in conn.notifies():
+                        if note.payload != self._instance:
+                            self._watermark.poke()
+                            self._announce_change()
+                finally:
+                    await conn.close()
+            except psycopg.Error as exc:
+                _log.debug("change listener lost its connection: %s", _one_line(exc))
+            await asyncio.sleep(1.0)
+
+    async def _connect(self) -> AsyncConnection[Any]:
+        conn = await AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+        )
+        await self._configure(conn, HEALTH_PROBE_SECONDS)
+        return conn
 
     async def _commit_in(
         self, conn: AsyncConnection[Any], jobs: list[list[WriteSegment]]
@@ -569,6 +633,10 @@ class PostgresCentralStore(CentralStore):
         assert row is not None
         last_rev, read_only = row
         return int(last_rev), "the database is read-only (a standby?)" if read_only else None
+
+    async def feed_head(self) -> int:
+        """The commit-order watermark (revs above it may still commit)."""
+        return await self._watermark.fresh()
 
     # -- upkeep and field indexes ---------------------------------------------------------
 
