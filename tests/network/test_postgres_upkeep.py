@@ -23,7 +23,7 @@ from commander_os.errors import CursorExpired
 from commander_os.protocol import QueryRequest, encode_cursor
 from commander_os.relay import create_app
 from commander_os.relay.central import PostgresCentralStore
-from commander_os.relay.central._postgres_upkeep import field_index_name
+from commander_os.relay.central._postgres_upkeep import field_index_name, next_horizon
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -193,3 +193,15 @@ def test_the_index_command_adds_lists_and_drops(tmp_path: Path) -> None:
     on_sqlite = run("list", "--json")
     assert on_sqlite.returncode == 2
     assert "PostgreSQL" in on_sqlite.stderr
+
+
+def test_the_horizon_follows_the_retention_whatever_the_sweep_rate() -> None:
+    day = 86_400 * 1_000_000
+    horizon, marks = 0, []
+    for tick in range(8 * 86_400 // 30):  # a sweep every 30 s for 8 days, 100 revs a second
+        now = tick * 30 * 1_000_000
+        horizon, marks = next_horizon(horizon, marks, now, tick * 3000, 7 * 86_400.0)
+        assert len(marks) <= 2000
+    # Revs of about day 1 (3000 a sweep): 7 days of changes are kept, and no more than a step.
+    assert 86_400 // 30 * 3000 - 7 * 86_400 // 1000 * 100 <= horizon <= 86_400 // 30 * 3000
+    assert day > 0

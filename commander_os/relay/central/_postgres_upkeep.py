@@ -41,6 +41,7 @@ __all__ = [
     "drop_field_index",
     "field_index_name",
     "list_field_indexes",
+    "next_horizon",
     "read_indexed_fields",
     "run_upkeep",
 ]
@@ -53,8 +54,9 @@ VACUUM_MIN_DEAD = 1000
 VACUUM_DEAD_FRACTION = 0.1
 #: The tables a relay churns, and so vacuums.
 CHURNED_TABLES = ("records", "changes", "agents", "table_stats")
-#: Notes of (time, rev) kept for the horizon (one per sweep; older ones are dropped).
-MAX_MARKS = 10_000
+#: Notes of (time, rev) taken per retention period (the horizon's step), and kept at most.
+MARKS_PER_HORIZON = 1000
+MAX_MARKS = 2 * MARKS_PER_HORIZON
 
 SELECT_FIELDS = "SELECT field FROM field_indexes ORDER BY field"
 LIST_FIELDS = """
@@ -213,18 +215,29 @@ async def _sweep(conn: AsyncConnection[Any], watermark: int, retention: float) -
         assert row is not None
         old = int(row[0])
         marks = [(int(at), int(rev)) for at, rev in orjson.loads(row[1])]
-        marks.append((now_us, watermark))
-        cutoff = now_us - int(retention * 1_000_000)
-        due = [rev for at, rev in marks if at <= cutoff]
-        new = max([old, *due])
-        # Keep the newest due note (the horizon) and every later one.
-        marks = [(at, rev) for at, rev in marks if at > cutoff or rev >= new][-MAX_MARKS:]
+        new, marks = next_horizon(old, marks, now_us, watermark, retention)
         if new > old:
             params = {"old": old, "new": new}
             await conn.execute(SWEEP_SUPERSEDED, params)
             await conn.execute(SWEEP_TOMBSTONES, params)
         await conn.execute(WRITE_RETENTION, (new, orjson.dumps(marks).decode()))
     return new
+
+
+def next_horizon(
+    old: int, marks: list[tuple[int, int]], now_us: int, watermark: int, retention: float
+) -> tuple[int, list[tuple[int, int]]]:
+    """The horizon after a sweep at ``now_us`` (the newest noted rev at least ``retention``
+    seconds old, never lower than ``old``) and the notes to keep. About
+    :data:`MARKS_PER_HORIZON` notes are taken per retention period, whatever the sweep rate."""
+    span = int(retention * 1_000_000)
+    if not marks or now_us - marks[-1][0] >= span // MARKS_PER_HORIZON:
+        marks = [*marks, (now_us, watermark)]
+    cutoff = now_us - span
+    new = max([old, *(rev for at, rev in marks if at <= cutoff)])
+    # Keep the newest due note (the horizon) and every later one.
+    kept = [(at, rev) for at, rev in marks if at > cutoff or rev >= new]
+    return new, kept[-MAX_MARKS:]
 
 
 async def _vacuum(conn: AsyncConnection[Any]) -> tuple[str, ...]:
