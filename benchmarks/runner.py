@@ -24,7 +24,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "relay", "integrations")
+AREAS = ("local", "sync", "relay", "integrations", "fleet")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -107,6 +107,12 @@ def run(
             results += run_sync(sizes, area_dir, server_cpu=server, log=log)
         elif area == "integrations":
             results += _integrations(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "fleet":
+            from benchmarks.fleet import run_fleet
+
+            results += run_fleet(
+                sizes, area_dir, server_cpu=server, database_url=database_url, log=log
+            )
         else:
             from benchmarks.relay import run_relay
 

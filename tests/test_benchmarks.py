@@ -42,6 +42,11 @@ EXPECTED = (
     "query round trip, analytics on vs off",
     "analytics bookkeeping per ingested record",
     "analytics bookkeeping per query",
+    "relay CPU per 1-record request",
+    "relay batched ingest, batches of 1000",
+    "feed delivery, least whole-feed subscriber",
+    "feed delivery lag p99",
+    "relay CPU serving the feed",
 )
 PEERS = {"raw sqlite3", "diskcache", "sqlitedict"}
 
