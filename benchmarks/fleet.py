@@ -49,6 +49,10 @@ OPEN_LIMITS = {
     "COMMANDER_OS_RELAY_LIMITS__MAX_CONNECTIONS": "100000",
 }
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DISK_BYTES = """
+SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c
+WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+"""
 
 
 @dataclass(frozen=True)
@@ -298,30 +302,64 @@ class _Follower:
     received: int = 0
 
 
+class _Wire:
+    """A minimal HTTP/1.1 keep-alive client for GETs: a thousand subscribers in one Python
+    process would otherwise measure the client library (httpx costs ~1 ms of CPU a request,
+    more than the relay's answer), not the relay."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """Status and body of ``GET path``."""
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await reader.readexactly(length)
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+
+
 async def _follow(
-    http: httpx.AsyncClient,
+    url: str,
     follower: _Follower,
     cursor: str,
     lags: list[float],
     stop: asyncio.Event,
 ) -> None:
-    params: dict[str, Any] = {"wait": 2, "limit": 1000}
-    if follower.agent is not None:
-        params["agent_id"] = follower.agent
-    while not stop.is_set():
-        try:
-            answer = await http.get("/relay/changes", params={**params, "after": cursor})
-        except httpx.HTTPError:
-            continue
-        if answer.status_code != 200:
-            await asyncio.sleep(0.05)
-            continue
-        page = orjson.loads(answer.content)
-        now = time.time()
-        for record in page["records"]:
-            lags.append(now - record["data"]["t"])
-        follower.received += len(page["records"])
-        cursor = page["next_cursor"] or cursor
+    wire = _Wire(url)
+    query = "wait=2&limit=1000" + (f"&agent_id={follower.agent}" if follower.agent else "")
+    try:
+        while not stop.is_set():
+            try:
+                status, body = await wire.get(f"/relay/changes?{query}&after={cursor}")
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                wire.close()
+                wire = _Wire(url)
+                await asyncio.sleep(0.05)
+                continue
+            if status != 200:
+                await asyncio.sleep(0.05)
+                continue
+            page = orjson.loads(body)
+            now = time.time()
+            for record in page["records"]:
+                lags.append(now - record["data"]["t"])
+            follower.received += len(page["records"])
+            cursor = page["next_cursor"] or cursor
+    finally:
+        wire.close()
 
 
 async def _feed_run(url: str, fleet: FleetSizes, pid: int) -> dict[str, Any]:
@@ -335,7 +373,7 @@ async def _feed_run(url: str, fleet: FleetSizes, pid: int) -> dict[str, Any]:
         followers += [_Follower(agents[i % len(agents)]) for i in range(fleet.feed_per_agent)]
         lags: list[float] = []
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(_follow(http, f, cursor, lags, stop)) for f in followers]
+        tasks = [asyncio.create_task(_follow(url, f, cursor, lags, stop)) for f in followers]
         await asyncio.sleep(0.5)  # every follower waiting
         written = dict.fromkeys(agents, 0)
         per_tick = max(1, fleet.feed_rate // 20)
@@ -437,7 +475,7 @@ def _pg_ingest(
     results: list[Result] = []
     single: float | None = None
     for relays in (1, 2, 3):
-        rate, waits, samples = _pg_ingest_once(fleet, workdir, database_url, relays)
+        rate, waits, samples, disk = _pg_ingest_once(fleet, workdir, database_url, relays)
         log(f"fleet: PG ingest, {relays} relay(s): {rate:,.0f} records/s, lock waits {waits}")
         single = rate if single is None else single
         results.append(
@@ -452,12 +490,21 @@ def _pg_ingest(
                 extra={"writer_lock_waits_seen": waits, "lock_samples": samples},
             )
         )
+    results.append(
+        Result(
+            "PG disk per record (tables and indexes, ~150 B of data each)",
+            "value",
+            "B",
+            disk,
+            note="records + change log + agents + per-table counts, after the last run",
+        )
+    )
     return results
 
 
 def _pg_ingest_once(
     fleet: FleetSizes, workdir: Path, database_url: str, relays: int
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, float]:
     import psycopg
 
     schema, shared = _pg_schema_url(database_url)
@@ -512,8 +559,11 @@ def _pg_ingest_once(
         for thread in threads:
             thread.join()
         rate = per_client * fleet.pg_clients / (time.perf_counter() - started)
+        with psycopg.connect(shared, autocommit=True) as conn:
+            (size,) = conn.execute(DISK_BYTES).fetchone() or (0,)
+        disk = int(size) / (per_client * fleet.pg_clients)
     finally:
         for process in processes:
             process.stop()
         _drop_schema(database_url, schema)
-    return rate, waits, samples
+    return rate, waits, samples, disk

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"PostgreSQL URL: also measure the relay on it (default ${DATABASE_URL_ENV})",
     )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        help="central store size for the relay's query matrix (e.g. 1000000 or 5000000; "
+        "default: the size's own)",
+    )
     return parser
 
 
@@ -129,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "standard"
     sizes = SIZES[mode]
+    if args.records:
+        sizes = dataclasses.replace(sizes, central_records=args.records)
     areas = _areas(args.only)
     # Wide enough for the table when the output is a file or a pipe (rich defaults to 80).
     console = Console(width=None if Console().is_terminal else 160)

@@ -709,8 +709,15 @@ def _bench(
         str | None,
         typer.Option("--database-url", help="Also measure the relay on this PostgreSQL."),
     ] = None,
+    records: Annotated[
+        int | None,
+        typer.Option("--records", help="Central store size of the query matrix (1000000...)."),
+    ] = None,
 ) -> None:
-    """Run the benchmark suite (``python -m benchmarks``): a table of ours vs peers."""
+    """Run the benchmark suite (``python -m benchmarks``): a table of ours vs peers.
+
+    ``--only fleet`` runs the relay fleet rows (CPU per request, ingest vs raw sqlite3, feed
+    subscribers, PostgreSQL with 1-3 relays)."""
     # The suite lives in the source tree (benchmarks/), beside this package, not in the wheel.
     try:
         from benchmarks.runner import main as run_benchmarks
@@ -721,6 +728,7 @@ def _bench(
     argv += ["--quick"] if quick else ["--full"] if full else []
     argv += ["--json", str(json_path)] if json_path is not None else []
     argv += ["--database-url", database_url] if database_url else []
+    argv += ["--records", str(records)] if records else []
     raise typer.Exit(run_benchmarks(argv))
 
 
