@@ -487,6 +487,8 @@ def _pg_ingest(
                 peer_name=None if relays == 1 else "1 relay",
                 peer=None if relays == 1 else single,
                 note="relays, PostgreSQL and the load share 2 cores: reported, not held to a ratio",
+                # By lock type: "extend" is PostgreSQL adding a page to a table (held for
+                # microseconds, per table); "tuple"/"transactionid" would be a shared row.
                 extra={"writer_lock_waits_seen": waits, "lock_samples": samples},
             )
         )
@@ -504,7 +506,7 @@ def _pg_ingest(
 
 def _pg_ingest_once(
     fleet: FleetSizes, workdir: Path, database_url: str, relays: int
-) -> tuple[float, int, int, float]:
+) -> tuple[float, dict[str, int], int, float]:
     import psycopg
 
     schema, shared = _pg_schema_url(database_url)
@@ -532,7 +534,8 @@ def _pg_ingest_once(
         ]
         for c in range(fleet.pg_clients)
     }
-    waits = samples = 0
+    waits: dict[str, int] = {}
+    samples = 0
     try:
         for process in processes:
             process.start()
@@ -549,11 +552,11 @@ def _pg_ingest_once(
             thread.start()
         with psycopg.connect(database_url, autocommit=True) as conn:
             while any(thread.is_alive() for thread in threads):
-                (count,) = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                for (event,) in conn.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND application_name = 'commander-os relay writers'"
-                ).fetchone() or (0,)
-                waits += int(count)
+                ):
+                    waits[str(event)] = waits.get(str(event), 0) + 1
                 samples += 1
                 time.sleep(0.01)
         for thread in threads:

@@ -71,6 +71,7 @@ from commander_os.relay.central._identity import state_of as _state
 from commander_os.relay.central._postgres_query import build_query, served_by_index
 from commander_os.relay.central._postgres_schema import REV_BLOCK, check_schema_name, migrate
 from commander_os.relay.central._postgres_upkeep import (
+    CHURNED_TABLES,
     FieldIndex,
     UpkeepReport,
     add_field_index,
@@ -99,7 +100,8 @@ UPKEEP_SECONDS = 30.0
 READ_HORIZON = "SELECT horizon_rev FROM retention"
 AUTOVACUUM_WARNING = (
     "autovacuum is off on this PostgreSQL server: the relay vacuums the tables it churns "
-    "itself (records, changes, agents) every %g s; other tables of the database are not vacuumed"
+    f"itself ({', '.join(CHURNED_TABLES)}) every %g s; other tables of the database are not "
+    "vacuumed"
 )
 #: Seconds a write may run; a stuck writer must not hold its agents' rows forever.
 WRITE_STATEMENT_TIMEOUT = 60.0

@@ -34,6 +34,7 @@ from psycopg import AsyncConnection, sql
 from commander_os.protocol import parse_field_path
 
 __all__ = [
+    "CHURNED_TABLES",
     "FieldIndex",
     "UpkeepReport",
     "add_field_index",
