@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -142,19 +144,31 @@ def test_schema_is_ready_for_sharding_by_agent_id(schema_url: tuple[str, str]) -
         assert "rev_counter" not in tables
 
 
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of this test's own: the fault below terminates every relay writer in it."""
+    url = database_url()
+    name = "test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path="/" + name))
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def test_two_relays_never_wait_on_a_shared_lock_and_the_feed_has_every_record_once(
-    schema_url: tuple[str, str], tmp_path: Path
+    own_database: str, tmp_path: Path
 ) -> None:
-    url, schema = schema_url
-    shared = with_search_path(url, schema)
     relays = [
-        RelayProcess(data_dir=tmp_path / f"relay{i}", extra_args=("--database-url", shared))
+        RelayProcess(data_dir=tmp_path / f"relay{i}", extra_args=("--database-url", own_database))
         for i in range(2)
     ]
     for relay in relays:
         relay.start()
     try:
-        _run_two_relays(url, relays)
+        _run_two_relays(own_database, relays)
     finally:
         for relay in relays:
             relay.stop()
@@ -167,11 +181,14 @@ def _run_two_relays(url: str, relays: list[RelayProcess]) -> None:
     stop = threading.Event()
     samples: dict[str, Any] = {"waits": [], "blocked": [], "overlaps": 0, "taken": 0, "extends": 0}
     sampler = threading.Thread(target=_sample_locks, args=(url, stop, samples))
+    killed: list[int] = []
+    terminator = threading.Thread(target=_terminate_writers, args=(url, stop, killed))
     feed: list[dict[str, Any]] = []
     follower = threading.Thread(target=_follow, args=(relays[0].url, stop, feed))
     writers = [threading.Thread(target=_write, args=(a, u)) for a, u in agents.items()]
     sampler.start()
     follower.start()
+    terminator.start()
     for thread in writers:
         thread.start()
     for thread in writers:
@@ -182,12 +199,14 @@ def _run_two_relays(url: str, relays: list[RelayProcess]) -> None:
     stop.set()
     sampler.join()
     follower.join()
+    terminator.join()
     print(
         f"lock samples {samples['taken']}, with both relays' writers in a transaction "
         f"{samples['overlaps']}; lock waits {len(samples['waits'])}, page extensions "
-        f"{samples['extends']}"
+        f"{samples['extends']}; writer backends terminated {len(killed)}"
     )
     assert samples["overlaps"] > 0, "the writers never overlapped: the check proved nothing"
+    assert killed, "no writer backend was terminated"
     assert samples["waits"] == [], f"a writer waited on a lock: {samples['waits'][:5]}"
     assert samples["blocked"] == [], f"ungranted locks: {samples['blocked'][:5]}"
     revs = [record["rev"] for record in feed]
@@ -215,7 +234,12 @@ def _write(agent_id: str, url: str) -> None:
                         "ts": format_ts(1_764_210_000.5 + version),
                     }
                 )
-            answer = http.post("/relay/batch", json={"agent_id": agent_id, "records": records})
+            body = {"agent_id": agent_id, "records": records}
+            for _ in range(100):  # as an agent does: a 503 (its backend was killed) is retried
+                answer = http.post("/relay/batch", json=body)
+                if answer.status_code != 503:
+                    break
+                time.sleep(0.05)
             assert answer.status_code == 200, answer.text
 
 
@@ -229,6 +253,19 @@ def _follow(url: str, stop: threading.Event, feed: list[dict[str, Any]]) -> None
             page = http.get("/relay/changes", params=params).json()
             feed += page["records"]
             cursor = page["next_cursor"] or cursor
+
+
+def _terminate_writers(url: str, stop: threading.Event, killed: list[int]) -> None:
+    """A fault: every 0.4 s, terminate one relay writer's backend (mid-commit or idle)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not stop.wait(0.4):
+            row = conn.execute(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'commander-os relay writers' "
+                "AND datname = current_database() ORDER BY random() LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                killed.append(int(row[0]))
 
 
 def _sample_locks(url: str, stop: threading.Event, samples: dict[str, Any]) -> None:
@@ -257,6 +294,7 @@ def _sample_locks(url: str, stop: threading.Event, samples: dict[str, Any]) -> N
                 SELECT l.locktype, l.relation::regclass::text, l.mode
                 FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid
                 WHERE NOT l.granted AND s.application_name = 'commander-os relay writers'
+                  AND s.datname = current_database()
                   AND l.locktype <> 'extend'
                 """
             ).fetchall()
