@@ -4,7 +4,7 @@ per commit serves them all; relays on one PostgreSQL wake each other (LISTEN/NOT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -53,9 +53,23 @@ async def _follow(
         cursor = page["next_cursor"]
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def feed_store(
+    request: pytest.FixtureRequest, relay_store: CentralStore
+) -> AsyncIterator[CentralStore]:
+    if request.param == "sqlite":
+        yield relay_store
+        return
+    url = database_url()
+    with scratch_schema(url) as schema:
+        async with PostgresCentralStore(url, schema=schema) as store:
+            yield store
+
+
 async def test_every_waiter_gets_every_record_once_from_one_query_per_commit(
-    relay_config: RelayConfig, relay_store: CentralStore
+    relay_config: RelayConfig, feed_store: CentralStore
 ) -> None:
+    relay_store = feed_store
     # One client address holds every waiter: let it run them all at once.
     limits = relay_config.limits.model_copy(update={"max_concurrent_queries": 100})
     app = create_app(relay_config.model_copy(update={"limits": limits}), store=relay_store)
