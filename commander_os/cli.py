@@ -507,7 +507,7 @@ def _relay_import(
 
 
 index_app = typer.Typer(
-    help="Opt-in value indexes on fields of the data (PostgreSQL central store).",
+    help="Opt-in value indexes on fields of the data (eq and in filters use them).",
     no_args_is_help=True,
 )
 relay_app.add_typer(index_app, name="index")
@@ -516,18 +516,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _with_field_indexes(
-    config: Path | None, database_url: str | None, action: Callable[[Any], Awaitable[Any]]
+    config: Path | None,
+    data_dir: Path | None,
+    database_url: str | None,
+    action: Callable[[Any], Awaitable[Any]],
 ) -> Any:
-    """Open the configured central store and run ``action`` on it (PostgreSQL only)."""
+    """Open the configured central store and run ``action`` on it."""
     import asyncio
 
-    store = _central_store(config, None, database_url)
-    if not hasattr(store, "field_indexes"):
-        raise typer.BadParameter(
-            f"field indexes belong to the PostgreSQL central store; this relay uses "
-            f"{store.backend}: give --database-url or a config with database_url",
-            param_hint="--database-url",
-        )
+    store = _central_store(config, data_dir, database_url)
 
     async def run() -> Any:
         async with store:
@@ -547,11 +544,15 @@ def _index_json(index: Any) -> dict[str, Any]:
 def _index_add(
     field: FieldArg,
     config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create the value index of FIELD (writes go on while it builds); idempotent."""
-    index = _with_field_indexes(config, database_url, lambda store: store.add_field_index(field))
+    """Create the value index of FIELD (PostgreSQL builds it while writes go on; SQLite holds
+    writes meanwhile); idempotent."""
+    index = _with_field_indexes(
+        config, data_dir, database_url, lambda store: store.add_field_index(field)
+    )
     if as_json:
         sys.stdout.write(orjson.dumps(_index_json(index)).decode() + "\n")
     else:
@@ -562,10 +563,15 @@ def _index_add(
 
 @index_app.command("list")
 def _index_list(
-    config: ConfigOpt = None, database_url: DatabaseUrlOpt = None, as_json: JsonOpt = False
+    config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every field with a value index, its size and whether queries can use it."""
-    indexes = _with_field_indexes(config, database_url, lambda store: store.field_indexes())
+    indexes = _with_field_indexes(
+        config, data_dir, database_url, lambda store: store.field_indexes()
+    )
     if as_json:
         sys.stdout.write(orjson.dumps([_index_json(i) for i in indexes]).decode() + "\n")
         return
@@ -580,11 +586,14 @@ def _index_list(
 def _index_drop(
     field: FieldArg,
     config: ConfigOpt = None,
+    data_dir: CentralDirOpt = None,
     database_url: DatabaseUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Drop the value index of FIELD (queries on it then scan)."""
-    dropped = _with_field_indexes(config, database_url, lambda store: store.drop_field_index(field))
+    dropped = _with_field_indexes(
+        config, data_dir, database_url, lambda store: store.drop_field_index(field)
+    )
     if as_json:
         sys.stdout.write(orjson.dumps({"field": field, "dropped": dropped}).decode() + "\n")
     else:

@@ -328,8 +328,8 @@ class RelayConfig(_Settings):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     #: Agents exported one by one in ``/metrics`` (the rest are summed as agent="other").
     metrics_max_agents: int = Field(default=50, ge=1, le=10_000)
-    #: Fields of ``data`` with a value index on the PostgreSQL central store (dotted paths
-    #: such as ``value.status``), created at start; ``commander-os relay index`` adds more.
+    #: Fields of ``data`` with a value index in the central store (dotted paths such as
+    #: ``value.status``), created at start; ``commander-os relay index`` adds more.
     indexed_fields: list[str] = Field(default_factory=list)
     #: Seconds the PostgreSQL change log keeps what a lagging reader needs: tombstones of
     #: deleted records and superseded entries are swept past it, and a cursor older than it

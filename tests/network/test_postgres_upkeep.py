@@ -190,9 +190,11 @@ def test_the_index_command_adds_lists_and_drops(tmp_path: Path) -> None:
         dropped = run("drop", "value.status", "--database-url", shared, "--json")
         assert json.loads(dropped.stdout) == {"field": "value.status", "dropped": True}
         assert json.loads(run("list", "--database-url", shared, "--json").stdout) == []
-    on_sqlite = run("list", "--json")
-    assert on_sqlite.returncode == 2
-    assert "PostgreSQL" in on_sqlite.stderr
+    # The embedded SQLite store (no database URL) has field indexes too.
+    on_sqlite = run("add", "value.status", "--data-dir", str(tmp_path / "central"), "--json")
+    assert on_sqlite.returncode == 0, on_sqlite.stderr
+    listed = run("list", "--data-dir", str(tmp_path / "central"), "--json")
+    assert [i["field"] for i in json.loads(listed.stdout)] == ["value.status"]
 
 
 def test_the_horizon_follows_the_retention_whatever_the_sweep_rate() -> None:

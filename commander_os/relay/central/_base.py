@@ -28,6 +28,7 @@ Rules every backend follows:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,10 +62,12 @@ __all__ = [
     "CentralStore",
     "CentralStoreError",
     "CentralStoreUnavailable",
+    "FieldIndex",
     "InvalidCursor",
     "QueryPlan",
     "QueryTimeout",
     "StoreHealth",
+    "field_index_name",
 ]
 
 #: The columns every backend's query returns, in this order.
@@ -85,6 +88,21 @@ class StoreHealth:
     #: False when the last commit failed for the store's own reason (disk full, database
     #: away, a read-only standby) or the store says it cannot write; reads may still work.
     writable: bool = True
+
+
+def field_index_name(field: str) -> str:
+    """The index of ``field`` on any store: a fixed prefix and a digest (any path fits)."""
+    return "records_field_" + hashlib.sha256(field.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIndex:
+    """One opt-in field index: the field, the index's name, its size, whether it is usable."""
+
+    field: str
+    name: str
+    bytes: int
+    valid: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -482,7 +482,11 @@ class PostgresCentralStore(CentralStore):
         conn = await AsyncConnection.connect(
             self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
         )
-        await self._configure(conn, HEALTH_PROBE_SECONDS)
+        try:
+            await self._configure(conn, HEALTH_PROBE_SECONDS)
+        except BaseException:  # cancelled by close() too: never leave it open
+            await conn.close()
+            raise
         return conn
 
     async def _commit_in(
@@ -701,10 +705,7 @@ class PostgresCentralStore(CentralStore):
         try:
             conn = self._tick_conn
             if conn is None or conn.closed:
-                conn = self._tick_conn = await AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
-                )
-                await self._configure(conn, HEALTH_PROBE_SECONDS)
+                conn = self._tick_conn = await self._connect()
             # Two statements, so the list is read after the rev (see the watermark).
             async with conn.pipeline():
                 last = await conn.execute(READ_LAST_REV, (REV_BLOCK,))

@@ -22,7 +22,6 @@ One relay at a time sweeps and vacuums (a session advisory lock it only *tries*:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import orjson
 from psycopg import AsyncConnection, sql
 
 from commander_os.protocol import parse_field_path
+from commander_os.relay.central._base import FieldIndex, field_index_name
 
 __all__ = [
     "CHURNED_TABLES",
@@ -103,27 +103,12 @@ WRITE_RETENTION = "UPDATE retention SET horizon_rev = %s, marks = %s"
 
 
 @dataclass(frozen=True, slots=True)
-class FieldIndex:
-    """One opt-in field index: the field, the index's name, its size, whether it is usable."""
-
-    field: str
-    name: str
-    bytes: int
-    valid: bool
-
-
-@dataclass(frozen=True, slots=True)
 class UpkeepReport:
     """What one upkeep pass did (``swept`` False when another relay held the upkeep lock)."""
 
     swept: bool
     horizon_rev: int
     vacuumed: tuple[str, ...]
-
-
-def field_index_name(field: str) -> str:
-    """The index of ``field``: a fixed prefix and a digest (any path fits an identifier)."""
-    return "records_field_" + hashlib.sha256(field.encode()).hexdigest()[:16]
 
 
 def _path(field: str) -> list[str]:
