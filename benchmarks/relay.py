@@ -42,6 +42,8 @@ from commander_os.storage import RelayClient
 __all__ = ["run_relay"]
 
 LOAD_CHUNK = 20_000
+#: Fields the queries filter on with eq: declared indexed on PostgreSQL (indexes are opt-in).
+INDEXED_FIELDS = ("value.status",)
 QUERY_HISTOGRAM = "commander_relay_query_seconds"
 
 
@@ -82,7 +84,13 @@ def _postgres_backend(workdir: Path, url: str) -> Backend:
         separator = "&" if "?" in url else "?"
         options = httpx.QueryParams({"options": f"-csearch_path={schema(tag)}"})
         config = workdir / f"relay-{tag}.yaml"
-        body = {"relay": {"backend": "postgresql", "database_url": f"{url}{separator}{options}"}}
+        body = {
+            "relay": {
+                "backend": "postgresql",
+                "database_url": f"{url}{separator}{options}",
+                "indexed_fields": list(INDEXED_FIELDS),
+            }
+        }
         config.write_bytes(orjson.dumps(body))  # JSON is YAML
         return {"data_dir": workdir / tag, "config": config}
 
@@ -93,7 +101,9 @@ def _postgres_backend(workdir: Path, url: str) -> Backend:
 
     return Backend(
         name="postgresql",
-        make_store=lambda tag: PostgresCentralStore(url, schema=schema(tag)),
+        make_store=lambda tag: PostgresCentralStore(
+            url, schema=schema(tag), indexed_fields=INDEXED_FIELDS
+        ),
         relay_kwargs=relay_kwargs,
         cleanup=cleanup,
     )

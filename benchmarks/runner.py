@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -26,7 +27,7 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "replication", "relay", "integrations", "footprint")
+AREAS = ("local", "sync", "replication", "relay", "integrations", "footprint", "fleet")
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"PostgreSQL URL: also measure the relay on it (default ${DATABASE_URL_ENV})",
     )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
+    parser.add_argument(
+        "--records",
+        type=int,
+        help="central store size for the relay's query matrix (e.g. 1000000 or 5000000; "
+        "default: the size's own)",
+    )
     return parser
 
 
@@ -122,6 +129,12 @@ def run(
             from benchmarks.footprint import run_footprint
 
             results += run_footprint(sizes, area_dir, server_cpu=server, log=log)
+        elif area == "fleet":
+            from benchmarks.fleet import run_fleet
+
+            results += run_fleet(
+                sizes, area_dir, server_cpu=server, database_url=database_url, log=log
+            )
         else:
             from benchmarks.relay import run_relay
 
@@ -138,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "standard"
     sizes = SIZES[mode]
+    if args.records:
+        sizes = dataclasses.replace(sizes, central_records=args.records)
     areas = _areas(args.only)
     # Wide enough for the table when the output is a file or a pipe (rich defaults to 80).
     console = Console(width=None if Console().is_terminal else 160, stderr=args.print_json)

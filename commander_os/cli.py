@@ -23,6 +23,7 @@ from commander_os._cli_options import ConfigOpt, DataDirOpt, JsonOpt, KeyFileOpt
 from commander_os._cli_output import console, err_console, print_json
 from commander_os._cli_relay import register as register_relay_backup_commands
 from commander_os._cli_relay_core import relay_app, token_app
+from commander_os._cli_relay_index import index_app
 from commander_os.errors import CommanderStorageError
 
 __all__ = ["app", "main", "run_relay_command"]
@@ -35,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(relay_app, name="relay")
+relay_app.add_typer(index_app, name="index")
 register_relay_backup_commands(relay_app)
 app.add_typer(token_app, name="token")
 register_backup_commands(app)
@@ -405,8 +407,9 @@ def _bench(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes (seconds).")] = False,
     full: Annotated[bool, typer.Option("--full", help="Full sizes (100k keys, 1M).")] = False,
     only: Annotated[
-        str, typer.Option("--only", help="Areas to run, comma-separated.")
-    ] = "local,sync,relay,footprint",
+        str | None,
+        typer.Option("--only", help="Areas to run, comma-separated (default: every area)."),
+    ] = None,
     as_json: JsonOpt = False,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the results as JSON here.")
@@ -415,19 +418,27 @@ def _bench(
         str | None,
         typer.Option("--database-url", help="Also measure the relay on this PostgreSQL."),
     ] = None,
+    records: Annotated[
+        int | None,
+        typer.Option("--records", help="Central store size of the query matrix (1000000...)."),
+    ] = None,
 ) -> None:
-    """Run the benchmark suite (``python -m benchmarks``): a table of ours vs peers."""
+    """Run the benchmark suite (``python -m benchmarks``): a table of ours vs peers.
+
+    ``--only fleet`` runs the relay fleet rows (CPU per request, ingest vs raw sqlite3, feed
+    subscribers, PostgreSQL with 1-3 relays); ``--only replication`` the replication rows."""
     # The suite lives in the source tree (benchmarks/), beside this package, not in the wheel.
     try:
         from benchmarks.runner import main as run_benchmarks
     except ImportError:
         err_console.print("error: the benchmarks/ folder is not importable; run from a checkout")
         raise typer.Exit(2) from None
-    argv = ["--only", only]
+    argv = ["--only", only] if only else []
     argv += ["--quick"] if quick else ["--full"] if full else []
     argv += ["--json", str(output)] if output is not None else []
     argv += ["--print-json"] if as_json else []
     argv += ["--database-url", database_url] if database_url else []
+    argv += ["--records", str(records)] if records else []
     raise typer.Exit(run_benchmarks(argv))
 
 

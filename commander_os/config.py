@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,11 @@ Durability = Literal["full", "normal"]
 SyncMode = Literal["async", "sync"]
 #: The names every loopback relay answers to by default (``relay.allowed_hosts``).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+#: A field path as queries take it (``protocol.FIELD_PATH_PATTERN``), without array positions
+#: (all-digit segments): the paths a value index can hold.
+INDEXABLE_FIELD_PATTERN = (
+    r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.(?![0-9]+(\.|$))[A-Za-z0-9_]{1,64}){0,7}$"
+)
 
 _HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
 
@@ -404,6 +410,13 @@ class RelayConfig(_Settings):
     backup_keep: int = Field(default=7, ge=1, le=100_000)
     #: Folder of the relay's backups; None: ``backups`` in ``agent_storage_dir``.
     backup_dir: Path | None = None
+    #: Fields of ``data`` with a value index in the central store (dotted paths such as
+    #: ``value.status``), created at start; ``commander-os relay index`` adds more.
+    indexed_fields: list[str] = Field(default_factory=list)
+    #: Seconds the PostgreSQL change log keeps what a lagging reader needs: tombstones of
+    #: deleted records and superseded entries are swept past it, and a cursor older than it
+    #: gets 410 "resync needed".
+    retention: float = Field(default=7 * 86_400.0, ge=60)
 
     @field_validator("host")
     @classmethod
@@ -432,6 +445,18 @@ class RelayConfig(_Settings):
                     "*.example.com, 10.0.0.5 or *"
                 )
         return names
+
+    @field_validator("indexed_fields")
+    @classmethod
+    def _indexed_fields(cls, value: list[str]) -> list[str]:
+        fields = [field.strip() for field in value]
+        for field in fields:
+            if not re.fullmatch(INDEXABLE_FIELD_PATTERN, field):
+                raise ValueError(
+                    f"{field!r} is not an indexable field: give a dotted path into the data "
+                    "without array positions, such as value.status"
+                )
+        return list(dict.fromkeys(fields))
 
     @field_validator("trusted_proxies")
     @classmethod

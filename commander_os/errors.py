@@ -27,6 +27,7 @@ so ``except ValueError`` keeps working.
     ├── CentralStoreError              the relay's central store (SQLite / PostgreSQL)
     │   ├── CentralStoreUnavailable    cannot be reached or is closed (the relay answers 503)
     │   ├── InvalidCursor              a query cursor this relay did not produce (+ ValueError)
+    │   │   └── CursorExpired          a cursor older than the retention horizon: resync
     │   └── QueryTimeout               a query ran past the time budget
     ├── InvalidToken                   relay token malformed, forged, expired       (+ ValueError)
     └── InsecureFileWarning            a key, token or secret file others can read (+ UserWarning)
@@ -48,6 +49,7 @@ __all__ = [
     "CentralStoreUnavailable",
     "CommanderStorageError",
     "ConfigError",
+    "CursorExpired",
     "EncryptionError",
     "InsecureFileWarning",
     "InvalidAgentId",
@@ -158,6 +160,11 @@ class CentralStoreUnavailable(CentralStoreError):
 
 class InvalidCursor(CentralStoreError, ValueError):
     """A query cursor was not produced by this relay (or was tampered with)."""
+
+
+class CursorExpired(InvalidCursor):
+    """A cursor older than the change log's retention horizon: what it would have missed was
+    swept. The reader must start over (without a cursor); the relay answers 410."""
 
 
 class QueryTimeout(CentralStoreError):

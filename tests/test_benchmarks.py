@@ -50,6 +50,11 @@ EXPECTED = (
     "backup, local store",
     "restore from a local backup",
     "restore from the relay",
+    "relay CPU per 1-record request",
+    "relay batched ingest, batches of 1000",
+    "feed delivery, least whole-feed subscriber",
+    "feed delivery lag p99",
+    "relay CPU serving the feed",
 )
 PEERS = {"raw sqlite3", "diskcache", "sqlitedict"}
 

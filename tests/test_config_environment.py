@@ -44,6 +44,7 @@ SAMPLES: dict[str, Any] = {
     "relay.database_url": PG_URL,
     "relay.allowed_hosts": ["relay.example.com", "*.example.org"],
     "relay.trusted_proxies": ["10.0.0.0/8"],
+    "relay.indexed_fields": ["value.status", "value.kind"],
 }
 #: File contents a setting needs beside it to be valid, chosen so that the file alone gives
 #: a different value (or no valid config): the variable must be what changes it.

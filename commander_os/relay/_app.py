@@ -275,7 +275,13 @@ def _add_read_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
             return await run_query(state, query, "changes", caller)
 
         records, cursor = await changes_page(
-            state.changes, page, caller.restrict_query(request), wait
+            state.changes,
+            page,
+            caller.restrict_query(request),
+            wait,
+            source=state.store.query,
+            head=state.store.feed_head,
+            limit_cap=state.config.limits.max_query_limit,
         )
         return json_response(page_json(records, cursor))
 
@@ -328,6 +334,9 @@ def create_app(
         owns_store=store is None,
         guard=_make_guard(config, secret),
     )
+
+    # Commits through other relays on the same database wake this relay's feed too.
+    state.store.add_change_listener(state.changes.notify)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

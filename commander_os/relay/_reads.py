@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from commander_os.errors import InvalidCursor, QueryTimeout
+from commander_os.errors import CursorExpired, InvalidCursor, QueryTimeout
 from commander_os.protocol import QueryRequest, QueryResponse
 from commander_os.relay._body import RequestProblem
 from commander_os.relay._guard import Caller
@@ -21,7 +21,8 @@ async def run_query(
 ) -> QueryResponse:
     """Answer ``request`` (its limit capped by ``relay.limits``) in one of ``caller``'s query
     slots (429 past ``limits.max_concurrent_queries``), timed and, with analytics on, counted
-    under ``endpoint`` in its query shape. Bad cursors are 400, timeouts 422."""
+    under ``endpoint`` in its query shape. Bad cursors are 400, cursors older than the change
+    log's retention 410 (``resync_needed``: start over without one), timeouts 422."""
     cap = state.config.limits.max_query_limit
     if request.limit > cap:
         request = request.model_copy(update={"limit": cap})
@@ -34,6 +35,8 @@ async def run_query(
                 seconds = time.perf_counter() - started
             else:
                 answer, seconds = await analytics.query(state.store, endpoint, request)
+    except CursorExpired as exc:
+        raise RequestProblem(410, "resync_needed", str(exc)) from None
     except InvalidCursor as exc:
         raise RequestProblem(400, "invalid_cursor", str(exc)) from None
     except QueryTimeout as exc:

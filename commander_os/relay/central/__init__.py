@@ -72,6 +72,7 @@ def store_for_config(config: RelayConfig) -> CentralStore:
             query_timeout=config.limits.query_timeout,
             encryption_key=read_encryption_key(config),
             follow_symlinks=config.follow_symlinks,
+            indexed_fields=config.indexed_fields,
         )
     if config.backend == "postgresql" and config.database_url:
         from commander_os.relay.central._postgres_store import PostgresCentralStore
@@ -81,6 +82,8 @@ def store_for_config(config: RelayConfig) -> CentralStore:
             durability=config.durability,
             max_value_bytes=config.limits.max_value_bytes,
             query_timeout=config.limits.query_timeout,
+            indexed_fields=config.indexed_fields,
+            retention=config.retention,
         )
     raise CentralStoreUnavailable(
         f"central store backend {config.backend!r} is not available in this build"

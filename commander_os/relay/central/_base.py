@@ -28,8 +28,9 @@ Rules every backend follows:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +62,12 @@ __all__ = [
     "CentralStore",
     "CentralStoreError",
     "CentralStoreUnavailable",
+    "FieldIndex",
     "InvalidCursor",
     "QueryPlan",
     "QueryTimeout",
     "StoreHealth",
+    "field_index_name",
 ]
 
 #: The columns every backend's query returns, in this order.
@@ -85,6 +88,21 @@ class StoreHealth:
     #: False when the last commit failed for the store's own reason (disk full, database
     #: away, a read-only standby) or the store says it cannot write; reads may still work.
     writable: bool = True
+
+
+def field_index_name(field: str) -> str:
+    """The index of ``field`` on any store: a fixed prefix and a digest (any path fits)."""
+    return "records_field_" + hashlib.sha256(field.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIndex:
+    """One opt-in field index: the field, the index's name, its size, whether it is usable."""
+
+    field: str
+    name: str
+    bytes: int
+    valid: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +143,23 @@ class CentralStore(ABC):
     max_value_bytes: int | None = None
     _writer: GroupWriter | None = None
     _probe_task: asyncio.Future[tuple[int, str | None]] | None = None
+    #: Called (on the event loop) when another relay on the same store committed.
+    _change_listeners: list[Callable[[], None]]
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever another relay sharing this store commits (stores that
+        can tell: PostgreSQL, by LISTEN/NOTIFY). This relay's own commits are not announced."""
+        if not hasattr(self, "_change_listeners"):
+            self._change_listeners = []
+        self._change_listeners.append(listener)
+
+    def _announce_change(self) -> None:
+        for listener in getattr(self, "_change_listeners", ()):
+            listener()
+
+    async def feed_head(self) -> int:
+        """The highest rev a reader may read now (the change feed's window starts there)."""
+        return (await self._shared_probe())[0]
 
     @abstractmethod
     async def open(self) -> None:

@@ -6,24 +6,23 @@ is assembled from the fixed fragments below. Semantics are the contract's (``cen
 * The field is extracted as JSONB (``data #> path``, or a ``strict`` jsonpath when the path has
   array indexes, so ``a.0`` never reads an object key ``"0"``). JSONB equality is type-strict
   (``1`` is not ``"1"`` nor ``true``; ``1`` equals ``1.0``), which is exactly ``eq``.
-* ``eq``, ``in`` and non-string ``contains`` on a path without array indexes add a containment
-  test ``data @> {"a": {"b": value}}`` that the GIN index can answer; the exact test stays beside
-  it, so the index only narrows the candidates and never changes the result.
+* ``eq`` and ``in`` on a field declared indexed (``indexed_fields``, ``commander-os relay index
+  add``) are answered by its expression index on ``data #> path`` (the same expression as the
+  filter's, with the path bound as a constant under ``force_custom_plan``).
 * ``ne`` is ``NOT coalesce(eq, false)``: rows without the field match it.
 * Strings compare in the "C" collation (code-point order), numbers as JSON numbers.
 
-**Walk first, then the index.** PostgreSQL cannot estimate how many rows a containment test
-matches (documents over 1 KB get no column statistics; ``@>`` falls back to a fixed 1%), so it
-cannot choose between walking the ``rev`` order until the page is full (best when many rows
-match: 0.5 ms for a value held by 10% of 1M rows) and collecting every GIN hit then sorting them
-by ``rev`` (best for rare values; 330 ms when 100k rows match). When the request's other filters
-are served in ``rev`` order by an index (no identity filter: ``records_rev``; one agent and a
-table: ``records_agent_table_rev``) and a clause can use the GIN index, one statement does both:
+**Walk first, then the index.** PostgreSQL cannot tell, from the value alone, whether to choose
+between walking the ``rev`` order until the page is full (best when many rows
+match: 0.5 ms for a value held by 10% of 1M rows) and collecting every index hit then sorting
+them by ``rev`` (best for rare values). When the request's other filters are served in ``rev``
+order by an index of the change log (no identity filter: ``changes_rev``; one agent and a
+table: ``changes_agent_table_rev``) and a clause has a field index, one statement does both:
 
 1. ``hits``: walk the first ``WALK_ROWS_PER_ROW * limit`` candidate rows (at most
    ``MAX_WALK_ROWS``) in ``rev`` order and keep the first ``limit`` that match (it stops as
    soon as it has them);
-2. only if that window held fewer than ``limit`` matches *and* was full, the GIN-served query
+2. only if that window held fewer than ``limit`` matches *and* was full, the index-served query
    (behind an ``OFFSET 0`` fence, so it keeps its own plan) supplies the matches past the
    window's last ``rev``.
 
@@ -56,10 +55,15 @@ __all__ = [
     "build_query",
     "filter_sql",
     "json_text",
+    "served_by_index",
 ]
 
 SELECT_COLUMNS = ROW_COLUMNS
-_SELECT = f"SELECT {SELECT_COLUMNS} FROM records"
+#: Reads of the rev order go through the view that walks the change log and looks each
+#: entry's record up; reads a field index drives go through the plain join.
+SOURCE = "records_in_order"
+BY_STATE = "records_by_state"
+_SELECT = f"SELECT {SELECT_COLUMNS} FROM {SOURCE}"
 #: Candidate rows the ``rev``-order walk examines per row asked for (see the module docstring):
 #: the walk alone answers filters matching at least 1 in this many candidates...
 WALK_ROWS_PER_ROW = 20
@@ -70,17 +74,17 @@ MAX_WALK_ROWS = 4000
 _WALK_THEN_INDEX = f"""
 WITH hits AS MATERIALIZED (
     SELECT {SELECT_COLUMNS} FROM (
-        SELECT {SELECT_COLUMNS} FROM records WHERE {{base}} ORDER BY rev LIMIT %s
+        SELECT {SELECT_COLUMNS} FROM {SOURCE} WHERE {{base}} ORDER BY rev LIMIT %s
     ) walk WHERE {{filters}} ORDER BY rev LIMIT %s
 ), edge AS MATERIALIZED (
     SELECT CASE WHEN count(*) = %s THEN max(rev) END AS rev FROM (
-        SELECT rev FROM records WHERE {{base}} ORDER BY rev LIMIT %s
+        SELECT rev FROM {SOURCE} WHERE {{base}} ORDER BY rev LIMIT %s
     ) window_revs
 )
 SELECT {SELECT_COLUMNS} FROM hits
 UNION ALL (
     SELECT {SELECT_COLUMNS} FROM (
-        SELECT {SELECT_COLUMNS} FROM records WHERE {{base}} AND {{filters}} OFFSET 0
+        SELECT {SELECT_COLUMNS} FROM {BY_STATE} WHERE {{base}} AND {{filters}} OFFSET 0
     ) found
     WHERE CASE WHEN (SELECT count(*) FROM hits) < %s
                THEN (SELECT rev FROM edge) IS NOT NULL ELSE false END
@@ -92,7 +96,6 @@ ORDER BY rev LIMIT %s
 
 _BY_PATH = "(data #> %s::text[])"
 _BY_JSONPATH = "jsonb_path_query_first(data, %s::jsonpath, '{}', true)"
-_CONTAINS_DOC = "data @> %s::jsonb"
 _EQ = "({x} = %s::jsonb)"
 _IN = "({x} = ANY(%s::text[]::jsonb[]))"
 _NUM_CMP = "(jsonb_typeof({x}) = 'number' AND {x} {op} %s::jsonb)"
@@ -147,55 +150,26 @@ class _Field:
         ]
         return template.replace("{x}", self.sql), params
 
-    def doc(self, value: Any) -> str | None:
-        """``{"a": {"b": value}}`` as JSON text, for a GIN-served ``data @>`` test."""
-        if not self.plain:
-            return None
-        nested = value
-        for segment in reversed(self.segments):
-            nested = {segment: nested}
-        return orjson.dumps(nested, default=_big_int).decode()
 
-
-def _big_int(value: Any) -> Any:
-    raise TypeError(f"not JSON: {value!r}")
-
-
-def _with_index(docs: list[str | None], exact: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
-    """Put a GIN-served containment test (any of ``docs``) in front of the exact test."""
-    sql, params = exact
-    if not docs or any(doc is None for doc in docs):
-        return sql, params
-    hint = " OR ".join([_CONTAINS_DOC] * len(docs))
-    return f"(({hint}) AND {sql})", [*docs, *params]
-
-
-def _uses_index(sql: str) -> bool:
-    """Whether a predicate built here is served by the GIN index (``ne`` never is)."""
-    return sql.startswith("((" + _CONTAINS_DOC)
-
-
-def _doc(field: _Field, value: Any) -> str | None:
-    try:
-        return field.doc(value)
-    except (TypeError, orjson.JSONEncodeError):
-        return None  # e.g. an integer past 64 bits: no index help, the exact test still runs
+def served_by_index(clause: FieldFilter, indexed: frozenset[str]) -> bool:
+    """Whether a field index (``commander-os relay index add``) answers ``clause``: ``eq`` and
+    ``in`` on an indexed field without array indexes (the index holds ``data #> path``)."""
+    if clause.op not in (FilterOp.EQ, FilterOp.IN) or clause.field not in indexed:
+        return False
+    return all(isinstance(segment, str) for segment in parse_field_path(clause.field))
 
 
 def _eq(field: _Field, value: Any) -> tuple[str, list[Any]]:
     if not _finite(value):
         return _NEVER, []
-    exact = field.expr(_EQ, json_text(value))
-    return _with_index([_doc(field, value)], exact)
+    return field.expr(_EQ, json_text(value))
 
 
 def _in(field: _Field, values: list[Any]) -> tuple[str, list[Any]]:
     finite = list(dict.fromkeys(json_text(v) for v in values if _finite(v)))
     if not finite:
         return _NEVER, []
-    exact = field.expr(_IN, finite)
-    docs = [_doc(field, v) for v in values if _finite(v)]
-    return _with_index(docs, exact)
+    return field.expr(_IN, finite)
 
 
 def _compare(field: _Field, op: FilterOp, value: Any) -> tuple[str, list[Any]]:
@@ -216,8 +190,7 @@ def _contains(field: _Field, value: Any) -> tuple[str, list[Any]]:
     element = "[" + json_text(value) + "]"
     if isinstance(value, str):
         return field.expr(_CONTAINS_TEXT, element, value)
-    exact = field.expr(_HAS_ELEMENT, element)
-    return _with_index([_doc(field, [value])], exact)
+    return field.expr(_HAS_ELEMENT, element)
 
 
 def filter_sql(clause: FieldFilter) -> tuple[str, list[Any]]:
@@ -280,11 +253,22 @@ def _walkable(request: QueryRequest) -> bool:
     return len(set(agents)) == 1 and request.table is not None
 
 
-def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
-    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev."""
+def build_query(
+    request: QueryRequest,
+    *,
+    limit: int,
+    ceiling: int | None = None,
+    indexed: frozenset[str] = frozenset(),
+) -> tuple[str, list[Any]]:
+    """SQL and parameters selecting up to ``limit`` rows after the request's cursor, by rev,
+    none past ``ceiling`` (the commit-order watermark: revs above it may still commit).
+    ``indexed`` names the fields that have an index (:func:`served_by_index`)."""
     where: list[str] = []
     params: list[Any] = []
     _identity_filters(request, where, params)
+    if ceiling is not None:
+        where.append("rev <= %s")
+        params.append(ceiling)
     if not request.include_deleted:
         where.append("NOT deleted")
     if request.updated_since is not None:
@@ -299,7 +283,7 @@ def build_query(request: QueryRequest, *, limit: int) -> tuple[str, list[Any]]:
         sql, extra = filter_sql(clause)
         filters.append(sql)
         filter_params += extra
-    if any(_uses_index(sql) for sql in filters) and _walkable(request):
+    if any(served_by_index(clause, indexed) for clause in request.where) and _walkable(request):
         return _walk_then_index(where, params, filters, filter_params, limit)
     where += filters
     params += filter_params

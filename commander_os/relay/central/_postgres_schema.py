@@ -10,10 +10,12 @@ Layout (migration 1):
 * ``records``: the newest state of each ``(agent_id, tbl, key)``; ``data`` is JSONB with a GIN
   (``jsonb_path_ops``) index serving ``@>`` containment for the ``eq``/``in``/``contains`` field
   filters; ``rev`` is the global change order (unique, for the change feed and cursors).
-* ``rev_counter``: one row holding the last ``rev`` handed out. A writer reserves its revisions
-  by updating this row first in its transaction: the row lock is held until commit, so revisions
-  are handed out in commit order across every relay on the database (see ``postgres.py``).
 * ``agents``: per-agent high-water mark and last contact.
+
+Migration 3 replaces the one-row ``rev_counter`` (which every commit on every relay locked until
+it committed) with the sequence ``records_rev_seq`` and a commit-order watermark
+(``_postgres_watermark.py``). Every table's primary key starts with ``agent_id`` and no unique
+index lacks it, so the tables can be distributed by ``agent_id`` (README, "Sharding").
 
 Text columns use the "C" collation: keys compare by code point, as in the SQLite store, and
 ``key >= prefix AND key < upper`` prefix ranges are exact.
@@ -32,6 +34,7 @@ from commander_os.relay.central._base import CentralStoreError
 
 __all__ = [
     "MIGRATIONS",
+    "REV_BLOCK",
     "SCHEMA_VERSION",
     "Migration",
     "SchemaTooNewError",
@@ -101,9 +104,101 @@ ALTER TABLE agents ADD COLUMN seq_hi bigint NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN recent text NOT NULL DEFAULT '[]';
 """
 
+#: Revisions one ``nextval`` reserves: a commit draws one block per this many rows, so the
+#: sequence is touched about once per commit, not once per record. Unused revs are gaps, which
+#: the contract allows (revs are increasing, not dense).
+REV_BLOCK = 1000
+
+#: Revisions from a sequence instead of the one-row counter every commit queued on (see
+#: ``_postgres_watermark.py``). NO CYCLE, CACHE 1: a value cached by one session and used later
+#: would fall below the sequence's last value after a reader had taken that as settled.
+#: ``records_rev`` stops being unique: a unique index must hold the distribution column on a
+#: sharded (Citus-style) cluster, and the sequence alone keeps revs unique.
+V3_REV_SEQUENCE = """
+CREATE SEQUENCE records_rev_seq AS bigint INCREMENT BY 1000 MINVALUE 1 NO CYCLE CACHE 1;
+SELECT setval('records_rev_seq', last_rev + 1, false) FROM rev_counter;
+DROP TABLE rev_counter;
+DROP INDEX records_rev;
+CREATE INDEX records_rev ON records (rev);
+"""
+
+#: State apart from order: ``records`` keeps each identity's current state with no index on a
+#: column an update changes (its updates can be HOT: no new index entries, pruned in-page
+#: without a vacuum), ``changes`` is the append-only log that orders them (one row per applied
+#: change; a row whose record moved on is superseded and left to the retention sweep).
+#: ``records_in_order`` joins the two: every read of the rev order goes through it.
+#: Field indexes are opt-in (``field_indexes``, ``commander-os relay index``), not one GIN index
+#: every write pays for.
+V4_STATE_AND_LOG = """
+CREATE TABLE changes (
+    agent_id text COLLATE "C" NOT NULL,
+    key      text COLLATE "C" NOT NULL,
+    tbl      text COLLATE "C" NOT NULL,
+    rev      bigint NOT NULL,
+    PRIMARY KEY (agent_id, key, tbl, rev)
+);
+INSERT INTO changes (agent_id, key, tbl, rev) SELECT agent_id, key, tbl, rev FROM records;
+CREATE INDEX changes_rev ON changes (rev);
+CREATE INDEX changes_agent_table_rev ON changes (agent_id, tbl, rev);
+DROP INDEX records_rev;
+DROP INDEX records_agent_table_rev;
+DROP INDEX records_data;
+ALTER TABLE records SET (fillfactor = 80);
+ALTER TABLE agents SET (fillfactor = 50);
+CREATE VIEW records_in_order AS
+SELECT r.agent_id, r.tbl, r.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM changes c JOIN records r
+  ON r.agent_id = c.agent_id AND r.key = c.key AND r.tbl = c.tbl AND r.rev = c.rev;
+CREATE TABLE field_indexes (
+    field text COLLATE "C" PRIMARY KEY,
+    name  text NOT NULL UNIQUE
+);
+CREATE TABLE retention (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    horizon_rev bigint  NOT NULL DEFAULT 0,
+    marks       text    NOT NULL DEFAULT '[]'
+);
+INSERT INTO retention DEFAULT VALUES;
+"""
+
+#: Live records per agent and table, kept by every commit (``/relay/agents`` reads it instead
+#: of counting the records table).
+V5_TABLE_STATS = """
+CREATE TABLE table_stats (
+    agent_id text COLLATE "C" NOT NULL,
+    tbl      text COLLATE "C" NOT NULL,
+    live     bigint NOT NULL,
+    PRIMARY KEY (agent_id, tbl)
+) WITH (fillfactor = 50);
+INSERT INTO table_stats (agent_id, tbl, live)
+SELECT agent_id, tbl, count(*) FILTER (WHERE NOT deleted) FROM records GROUP BY agent_id, tbl;
+"""
+
+#: Reads of the rev order walk the log and look each entry's record up by key, whatever the
+#: table's size (``OFFSET 0`` keeps the planner from turning the lookup into a hash join of
+#: both tables, which it prefers while they are small and which would not follow matches).
+#: ``records_by_state`` is the plain join, for reads a field index drives from ``records``.
+V6_LOG_DRIVEN_READS = """
+CREATE OR REPLACE VIEW records_in_order AS
+SELECT c.agent_id, c.tbl, c.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM changes c CROSS JOIN LATERAL (
+    SELECT r.version, r.ts, r.deleted, r.data, r.received FROM records r
+    WHERE r.agent_id = c.agent_id AND r.key = c.key AND r.tbl = c.tbl AND r.rev = c.rev
+    OFFSET 0
+) r;
+CREATE VIEW records_by_state AS
+SELECT r.agent_id, r.tbl, r.key, r.version, r.ts, r.deleted, r.data, c.rev, r.received
+FROM records r JOIN changes c
+  ON c.agent_id = r.agent_id AND c.key = r.key AND c.tbl = r.tbl AND c.rev = r.rev;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rev counter, agents", V1_RECORDS),
     Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
+    Migration(3, "revisions from a sequence read up to a commit-order watermark", V3_REV_SEQUENCE),
+    Migration(4, "records apart from the change log; opt-in field indexes", V4_STATE_AND_LOG),
+    Migration(5, "live records per agent and table, kept by every commit", V5_TABLE_STATS),
+    Migration(6, "reads of the rev order walk the log", V6_LOG_DRIVEN_READS),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

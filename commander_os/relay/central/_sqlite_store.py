@@ -41,8 +41,10 @@ from commander_os.relay.central._base import (
     HEALTH_PROBE_SECONDS,
     CentralStore,
     CentralStoreUnavailable,
+    FieldIndex,
     QueryPlan,
     QueryTimeout,
+    field_index_name,
 )
 from commander_os.relay.central._group_commit import (
     CommitResult,
@@ -54,7 +56,11 @@ from commander_os.relay.central._group_commit import (
 from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
-from commander_os.relay.central._sqlite_query import EXAMINED_FUNCTION, build_query
+from commander_os.relay.central._sqlite_query import (
+    EXAMINED_FUNCTION,
+    build_query,
+    index_expression,
+)
 
 __all__ = ["DEFAULT_DB_NAME", "SQLiteCentralStore"]
 
@@ -124,6 +130,11 @@ CREATE TABLE IF NOT EXISTS table_counts (
     live     INTEGER NOT NULL,
     PRIMARY KEY (agent_id, tbl)
 ) WITHOUT ROWID;
+-- Opt-in value indexes on fields of the data (commander-os relay index add FIELD).
+CREATE TABLE IF NOT EXISTS field_indexes (
+    field TEXT PRIMARY KEY,
+    name  TEXT NOT NULL UNIQUE
+) WITHOUT ROWID;
 -- Version 1 kept table_counts with triggers; the writer now does it (3x faster ingest).
 DROP TRIGGER IF EXISTS records_count_insert;
 DROP TRIGGER IF EXISTS records_count_update;
@@ -178,6 +189,12 @@ SELECT_MAX_REV = "SELECT ifnull(max(rev), 0) FROM records"
 SELECT_AGENTS = "SELECT agent_id, highest_version, last_seen FROM agents ORDER BY agent_id"
 SELECT_TABLE_COUNTS = "SELECT agent_id, tbl, live FROM table_counts"
 SELECT_USER_VERSION = "PRAGMA user_version"
+SELECT_FIELD_INDEXES = "SELECT field, name FROM field_indexes ORDER BY field"
+REGISTER_FIELD = "INSERT OR IGNORE INTO field_indexes(field, name) VALUES (?, ?)"
+FORGET_FIELD = "DELETE FROM field_indexes WHERE field = ? RETURNING name"
+INDEX_BYTES = "SELECT sum(pgsize) FROM dbstat WHERE name = ?"
+#: Seconds between re-reads of the field indexes (another process may add one).
+FIELD_INDEX_REFRESH = 10.0
 HAS_RECORDS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
 
 
@@ -338,6 +355,7 @@ class SQLiteCentralStore(CentralStore):
         reader_threads: int = READER_THREADS,
         encryption_key: str | None = None,
         follow_symlinks: bool = False,
+        indexed_fields: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
         self.follow_symlinks = follow_symlinks
@@ -353,6 +371,10 @@ class SQLiteCentralStore(CentralStore):
         self._reader_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
         self._lock = threading.Lock()
+        self.indexed_fields = tuple(indexed_fields)
+        #: Fields with an index, and when they were last read (see FIELD_INDEX_REFRESH).
+        self._indexed: frozenset[str] = frozenset()
+        self._indexed_at = 0.0
 
     @classmethod
     def in_directory(cls, directory: Path | str, **options: Any) -> SQLiteCentralStore:
@@ -376,6 +398,10 @@ class SQLiteCentralStore(CentralStore):
             make_private_dir(self.path.parent)
             conn = self._connect(writer=True)
             _migrate(conn)
+            for field in self.indexed_fields:
+                _create_field_index(conn, field)
+            self._indexed = _read_fields(conn)
+            self._indexed_at = time.monotonic()
         except _OPEN_ERRORS as exc:
             raise CentralStoreUnavailable(f"cannot open central store {self.path}: {exc}") from exc
         return _Writer(conn)
@@ -488,17 +514,63 @@ class SQLiteCentralStore(CentralStore):
     ) -> tuple[list[tuple[Any, ...]], int]:
         """One page of ``request`` and (with ``count_rows``) the rows examined, else 0."""
         try:
-            return self._fetch_counted(*build_query(request, limit=limit, count_rows=count_rows))
+            return self._fetch_counted(
+                *build_query(
+                    request, limit=limit, count_rows=count_rows, indexed=self._fields_now()
+                )
+            )
         except db.OperationalError as exc:
             if not request.where or _MALFORMED_JSON not in str(exc):
                 raise
         # A row whose data is not JSON (stored by hand or by a bug) made a field filter fail:
         # such a row has no fields, so it matches no filter; the page goes on without it.
-        sql, params = build_query(request, limit=limit, valid_json_only=True, count_rows=count_rows)
+        sql, params = build_query(
+            request,
+            limit=limit,
+            valid_json_only=True,
+            count_rows=count_rows,
+            indexed=self._fields_now(),
+        )
         return self._fetch_counted(sql, params)
 
+    def _fields_now(self) -> frozenset[str]:
+        """The indexed fields, re-read now and then on this reader's connection."""
+        if time.monotonic() - self._indexed_at > FIELD_INDEX_REFRESH:
+            self._indexed_at = time.monotonic()
+            self._indexed = _read_fields(self._reader())
+        return self._indexed
+
+    # -- field indexes ------------------------------------------------------------------------
+
+    async def add_field_index(self, field: str) -> FieldIndex:
+        """Create and register the value index of ``field`` (on the writer: writes wait while
+        it builds). Raises ``ValueError`` for a field that cannot be indexed. Idempotent."""
+        await self._on_writer(_create_field_index, field)
+        return next(index for index in await self.field_indexes() if index.field == field)
+
+    async def drop_field_index(self, field: str) -> bool:
+        """Drop the value index of ``field``; False if it had none."""
+        dropped: bool = await self._on_writer(_drop_field_index, field)
+        return dropped
+
+    async def field_indexes(self) -> list[FieldIndex]:
+        """Every field index, by field."""
+        indexes: list[FieldIndex] = await self._on_writer(_list_field_indexes)
+        return indexes
+
+    async def _on_writer(self, func: Any, *args: Any) -> Any:
+        state, thread = self._state, self._write_thread
+        if state is None or thread is None:
+            raise CentralStoreUnavailable("central store is closed")
+        result = await asyncio.get_running_loop().run_in_executor(thread, func, state.conn, *args)
+        self._indexed = await asyncio.get_running_loop().run_in_executor(
+            thread, _read_fields, state.conn
+        )
+        self._indexed_at = time.monotonic()
+        return result
+
     async def explain(self, request: QueryRequest) -> QueryPlan:
-        sql, params = build_query(request, limit=request.limit + 1)
+        sql, params = build_query(request, limit=request.limit + 1, indexed=self._indexed)
         steps: list[str] = await self._read(self._fetch_plan, sql, params)
         return QueryPlan(self.backend, steps)
 
@@ -572,6 +644,36 @@ class SQLiteCentralStore(CentralStore):
             "durability": self.durability,
             "encrypted": self._encryption_key is not None,
         }
+
+
+def _read_fields(conn: sqlite3.Connection) -> frozenset[str]:
+    return frozenset(field for field, _ in conn.execute(SELECT_FIELD_INDEXES))
+
+
+def _create_field_index(conn: sqlite3.Connection, field: str) -> None:
+    expression = index_expression(field)  # ValueError for a field that cannot be indexed
+    name = field_index_name(field)
+    with db.write_transaction(conn, "a field index"):
+        conn.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON records({expression})')
+        conn.execute(REGISTER_FIELD, (field, name))
+
+
+def _drop_field_index(conn: sqlite3.Connection, field: str) -> bool:
+    with db.write_transaction(conn, "a field index"):
+        row = conn.execute(FORGET_FIELD, (field,)).fetchone()
+        conn.execute(f'DROP INDEX IF EXISTS "{field_index_name(field)}"')
+    return row is not None
+
+
+def _list_field_indexes(conn: sqlite3.Connection) -> list[FieldIndex]:
+    found = []
+    for field_name, name in conn.execute(SELECT_FIELD_INDEXES).fetchall():
+        try:
+            size = int(conn.execute(INDEX_BYTES, (name,)).fetchone()[0] or 0)
+        except db.Error:  # a build without the dbstat table
+            size = 0
+        found.append(FieldIndex(field_name, name, size, True))
+    return found
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
