@@ -616,6 +616,10 @@ def _bench(
     only: Annotated[
         str, typer.Option("--only", help="Areas to run, comma-separated.")
     ] = "local,sync,relay",
+    scale: Annotated[
+        bool,
+        typer.Option("--scale", help="Only the scale section: one host with many stores."),
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here.")
     ] = None,
@@ -631,7 +635,7 @@ def _bench(
     except ImportError:
         err_console.print("error: the benchmarks/ folder is not importable; run from a checkout")
         raise typer.Exit(2) from None
-    argv = ["--only", only]
+    argv = ["--scale"] if scale else ["--only", only]
     argv += ["--quick"] if quick else ["--full"] if full else []
     argv += ["--json", str(json_path)] if json_path is not None else []
     argv += ["--database-url", database_url] if database_url else []

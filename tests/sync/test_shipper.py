@@ -170,7 +170,8 @@ def test_changes_travel_in_segments_of_sync_batch_size(
     http = httpx.Client(timeout=WAIT, event_hooks={"request": [requests.hook]})
     shipper, link = shipping.attach(many, shared_relay.url, http, sync_batch_size=100)
     assert drain(shipper, link) == 230
-    assert [counts for _, _, counts in requests.seen] == [[0], [100], [100], [30]]
+    # A backlog travels as several segments of sync_batch_size in one request.
+    assert [counts for _, _, counts in requests.seen] == [[0], [100, 100, 30]]
     assert requests.seen[1][1] == "zstd"  # 100 records are well past the compression threshold
     assert queue_rows(many) == []
     assert len(relay_records(shared_relay.url, [agent + "-2"])) == 230
@@ -501,13 +502,14 @@ def test_pipelined_segments_ack_in_order_and_an_outage_mid_drain_loses_nothing(
     shared_relay: RelayProcess, tmp_path: Path, shipping: Shipping
 ) -> None:
     agent = "shipper-pipeline"
-    path = queued_store(tmp_path, agent, {f"k{i:04d}": i for i in range(250)})
+    # A request carries up to 1,000 changes: ten segments of sync_batch_size 100.
+    path = queued_store(tmp_path, agent, {f"k{i:04d}": i for i in range(2500)})
     real = httpx.HTTPTransport()
     answered = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal answered
-        if answered == 3:  # the grant and two segments pass; the third segment meets an outage
+        if answered == 3:  # the grant and two requests pass; the third request meets an outage
             return httpx.Response(503, content=b'{"error": "busy"}', request=request)
         response = real.handle_request(request)
         response.read()
@@ -519,14 +521,14 @@ def test_pipelined_segments_ack_in_order_and_an_outage_mid_drain_loses_nothing(
     )
     with pytest.raises(RelayUnavailable):
         shipper.flush(link, WAIT, fail_fast=True)
-    assert [seq for seq, _ in queue_rows(path)] == list(range(201, 251))
+    assert [seq for seq, _ in queue_rows(path)] == list(range(2001, 2501))
     _fails(shipper, link, RelayUnavailable, "503")  # the outage persists: nothing more acked
-    assert len(queue_rows(path)) == 50
+    assert len(queue_rows(path)) == 500
     answered = 0  # the relay is back
     for lane in link.lanes.values():
         lane.retry_at = 0.0
-    assert drain(shipper, link) == 50
+    assert drain(shipper, link) == 500
     assert queue_rows(path) == []
     stored = relay_records(shared_relay.url, [agent])
-    assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(250)]
+    assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(2500)]
     real.close()

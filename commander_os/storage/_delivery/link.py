@@ -57,6 +57,8 @@ class Draft:
     through: int
     incarnation: int
     attempts: list[int]
+    #: Whether it read as many queued changes as it was allowed to (more may wait).
+    full: bool = False
 
 
 @dataclass(eq=False)
@@ -176,15 +178,27 @@ class StoreLink:
         with self.reading() as conn:
             return identity.incarnation(conn), identity.wants_claim(conn)
 
+    def outlook(self, after: int, limit: int) -> tuple[int, bool, Draft | None]:
+        """:meth:`standing` and :meth:`draft` in one read transaction (the shipper's look at a
+        lane, made once per request: one transaction fewer per store and request)."""
+        with self.reading() as conn:
+            claim = identity.wants_claim(conn)
+            draft = self._draft(conn, after, limit)
+            incarnation = identity.incarnation(conn) if draft is None else draft.incarnation
+        return incarnation, claim, draft
+
     def draft(self, after: int, limit: int) -> Draft | None:
         """The next segment: up to ``limit`` changes after seq ``after``; None if none waits."""
         with self.reading() as conn:
-            incarnation = identity.incarnation(conn)
-            rows = outbox.pending(conn, limit, after_seq=after)
-            if not rows:
-                return None
-            tables = outbox.registered_tables(conn)
-            changes = outbox.load_changes(conn, rows, tables, embed_json=True)
+            return self._draft(conn, after, limit)
+
+    def _draft(self, conn: sqlite3.Connection, after: int, limit: int) -> Draft | None:
+        incarnation = identity.incarnation(conn)
+        rows = outbox.pending(conn, limit, after_seq=after)
+        if not rows:
+            return None
+        tables = outbox.registered_tables(conn)
+        changes = outbox.load_changes(conn, rows, tables, embed_json=True)
         records = [
             segment_record_json(c.table, c.key, c.data, c.seq, c.written_at) for c in changes
         ]
@@ -195,6 +209,7 @@ class StoreLink:
             rows[-1].seq,
             incarnation,
             [c.attempts for c in changes],
+            len(rows) >= limit,
         )
 
     # -- writing outcomes ----------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 Every store of the process that ships to a target has a :class:`~.lane.Lane` on its route. The
 loop gathers the lanes that have something to send into one request (a segment per store:
-``protocol._delivery``), keeps up to ``sync_pipeline`` requests in flight, and settles each
-answer lane by lane. While a request is in flight, new changes gather for ``sync_linger``
-seconds before the next one leaves; an idle route sends a lone change at once.
+``protocol._delivery``) and settles each answer lane by lane. An idle route sends a lone change
+at once. While a request is in flight, new changes gather for the next one: until its answer
+arrives, or, when the last request left changes behind (a backlog), for ``sync_linger``
+seconds, so that up to ``sync_pipeline`` requests keep the relay busy. Waiting for the answer
+is what batches a busy host's writes: a thousand stores writing twice a second send one
+request per round trip, not one per write, and the batch grows with the load.
 
 :meth:`Route.step` is the unit of work (tests call it directly); :meth:`Route.start` runs it in
 a thread that sleeps until a store commits, an answer arrives, a retry is due, or it is time to
@@ -29,7 +32,7 @@ from commander_os.errors import RelayAuthError, RelayError, RelayRejected, Relay
 from commander_os.protocol import SegmentAck, Verdict, segment_json
 from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage._delivery.lane import Lane, Piece, PieceKind
-from commander_os.storage._delivery.link import StoreLink
+from commander_os.storage._delivery.link import Draft, StoreLink
 from commander_os.storage._delivery.repair import Repair
 
 __all__ = ["Route", "RouteSettings"]
@@ -68,6 +71,9 @@ class RouteSettings:
 class _Request:
     items: list[tuple[Lane, list[Piece]]]
     segments: list[dict[str, Any]]
+    #: Whether changes were left behind (a lane had more than it sent, or the request was
+    #: full): the next request may then leave before this one is answered.
+    more: bool = False
     future: Future[list[SegmentAck]] = field(default_factory=Future)
 
 
@@ -90,6 +96,7 @@ class Route:
         self._down: str | None = None
         self._next_poll = 0.0
         self._last_send = 0.0
+        self._backlog = False
         self._rotation = 0
 
     # -- membership -------------------------------------------------------------------------
@@ -148,7 +155,7 @@ class Route:
         for lane in self._snapshot():
             if lane.retry_at > now and (lane.dirty or lane.resend or lane.window):
                 wait = min(wait, lane.retry_at - now)
-        if self._in_flight:
+        if self._in_flight and self._backlog:
             wait = min(wait, max(0.0, self._last_send + self.settings.linger - now))
         return max(wait, 0.001)
 
@@ -178,6 +185,8 @@ class Route:
     def _lingered(self) -> bool:
         if not self._in_flight:
             return True
+        if not self._backlog:
+            return False  # small changes wait for the answer and travel together after it
         return time.monotonic() - self._last_send >= self.settings.linger
 
     def _poll_if_due(self) -> bool:
@@ -213,10 +222,15 @@ class Route:
         self._rotation += 1
         items: list[tuple[Lane, list[Piece]]] = []
         room = self.settings.request_records
+        more = False
         for lane in lanes[start:] + lanes[:start]:
-            if room <= 0 or not lane.ready(now) or (lane.solo and items):
+            if room <= 0:
+                more = more or lane.ready(now)
                 continue
-            pieces = self._pieces(lane, room)
+            if not lane.ready(now) or (lane.solo and items):
+                continue
+            pieces, left = self._lane_pieces(lane, room)
+            more = more or left
             if not pieces:
                 continue
             items.append((lane, pieces))
@@ -226,37 +240,64 @@ class Route:
         if not items:
             return None
         segments = [piece.segment for _, pieces in items for piece in pieces]
-        return _Request(items, segments)
+        return _Request(items, segments, more)
+
+    def _lane_pieces(self, lane: Lane, room: int) -> tuple[list[Piece], bool]:
+        """``lane``'s pieces for the next request, and whether it has more waiting.
+
+        A lane with a backlog sends several pieces of ``sync_batch_size`` changes in one
+        request (up to ``room`` changes), so a small batch size costs no more round trips than
+        a large one; each piece keeps its own identity, and the lane's order, at the relay.
+        """
+        pieces = self._pieces(lane, room)
+        if lane.resend:
+            return pieces, False
+        while pieces and pieces[-1].draft is not None and pieces[-1].draft.full:
+            room -= len(pieces[-1].segment["records"])
+            if room <= 0 or lane.solo:
+                lane.dirty = True  # the rest goes in the next request
+                return pieces, True
+            following = self._draft_piece(lane, pieces[-1].through, room)
+            if following is None:
+                return pieces, False
+            pieces.append(following)
+        return pieces, False
 
     def _pieces(self, lane: Lane, room: int) -> list[Piece]:
         if lane.resend:
             return list(lane.window)
         link = lane.link
-        incarnation, claim = link.standing()
+        # Cleared before reading, so a commit made meanwhile marks the lane again.
+        lane.dirty = False
+        incarnation, claim, draft = link.outlook(lane.sent, max(1, min(lane.limit, room)))
         if claim or incarnation == 0:
-            return self._grant(lane, incarnation, claim)
+            return self._grant(lane, incarnation, claim, draft is not None)
         if lane.needs_repair or lane.repair is not None:
             piece = self._repair_piece(lane, incarnation)
             if piece is not None:
                 return [piece]
-        draft = link.draft(lane.sent, max(1, min(lane.limit, room)))
-        if draft is None:
-            lane.dirty = False
-            return []
+        return [] if draft is None else [self._changes_piece(lane, draft)]
+
+    def _draft_piece(self, lane: Lane, after: int, room: int) -> Piece | None:
+        """A piece of the changes after seq ``after`` (at most the lane's limit and ``room``)."""
+        draft = lane.link.draft(after, max(1, min(lane.limit, room)))
+        return None if draft is None else self._changes_piece(lane, draft)
+
+    @staticmethod
+    def _changes_piece(lane: Lane, draft: Draft) -> Piece:
         segment = segment_json(
-            link.agent_id,
+            lane.link.agent_id,
             incarnation=draft.incarnation,
             acked=lane.acked,
             base=draft.base,
             segment_id=content_id(draft.incarnation, draft.base, draft.through, draft.records),
             records=draft.records,
         )
-        return [Piece(PieceKind.CHANGES, segment, draft.through, draft)]
+        return Piece(PieceKind.CHANGES, segment, draft.through, draft)
 
-    def _grant(self, lane: Lane, incarnation: int, claim: bool) -> list[Piece]:
+    def _grant(self, lane: Lane, incarnation: int, claim: bool, changes: bool) -> list[Piece]:
         """A piece asking for an incarnation (only when there is something to ship)."""
-        if not claim and not lane.needs_repair and lane.link.draft(lane.sent, 1) is None:
-            lane.dirty = False
+        if not claim and not lane.needs_repair and not changes:
             return []
         segment = segment_json(
             lane.link.agent_id,
@@ -304,6 +345,7 @@ class Route:
             lane.sending(pieces)
         self._in_flight.append(request)
         self._last_send = time.monotonic()
+        self._backlog = request.more
         future = self._senders.submit(self.client.deliver, request.segments)
         future.add_done_callback(lambda _: self.wake())
         request.future = future
@@ -348,9 +390,12 @@ class Route:
                 previous = (lane.acked_incarnation, lane.acked)
                 link.advance(lane, ack.through, ack.incarnation)
                 self._check_regression(lane, ack, previous)
+                # New changes follow the window, so only a lane that holds back changes (one
+                # isolating a refused record) needs another look after an ack.
+                lane.dirty |= lane.solo
             else:
                 lane.settled(piece)
-            lane.dirty = True
+                lane.dirty = True
         elif ack.verdict is Verdict.REINCARNATE:
             claimed = bool(piece.segment.get("claim"))
             value = link.take_incarnation(ack.incarnation, claimed=claimed)
