@@ -170,10 +170,18 @@ class BaseStorage:
         # too; one a migration has since dropped is skipped.
         declared = {table.name for table in self.synced_tables}
         for table in outbox.registered_tables(conn).values():
-            if table.name not in declared and conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
+            if table.name in declared or outbox.is_registered(conn, table, triggers=True):
+                continue
+            if conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
                 outbox.install_triggers(conn, table)
 
     def _register(self, conn: sqlite3.Connection, table: SyncedTable) -> None:
+        # Reopening a store whose registration and triggers are as wanted writes nothing: a
+        # host that opens a thousand stores pays no commit (and no fsync) for each.
+        primary_key = table.primary_key or outbox.declared_primary_key(conn, table.name)
+        wanted = SyncedTable(table.name, primary_key, table.json_columns)
+        if primary_key and outbox.is_registered(conn, wanted, triggers=self.config.enable_htpc):
+            return
         resolved = outbox.register_table(conn, table)
         # With sync off, existing triggers stay: dropping them would silently stop capture
         # for another process (or a later session) that syncs this store. So a store that

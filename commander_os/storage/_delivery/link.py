@@ -126,7 +126,8 @@ class StoreLink:
         with self.writing("registering delivery targets") as conn:
             has_data = _has_data(conn)
             cursors, dropped = targets.ensure(conn, wanted, has_data=has_data)
-            outbox.write_meta(conn, "captured", 1)
+            if outbox.read_meta(conn, "captured") != "1":
+                outbox.write_meta(conn, "captured", 1)
             self.fenced = identity.conflict(conn) is not None
             self.retired = identity.is_retired(conn)
         for name, cursor in dropped.items():
