@@ -305,8 +305,12 @@ class BaseStorage:
         link = self._link
         if link is not None:
             for lane in link.lanes.values():
-                lane.dirty = True
-                lane.route.wake()
+                # A lane already marked is known to its route (which clears the mark before
+                # it reads the outbox): waking it on every commit would only steal the
+                # writer's CPU while a request is out or the relay is away.
+                if not lane.dirty:
+                    lane.dirty = True
+                    lane.route.wake()
             if seq:
                 link.wait_acked(seq, self.config.sync_timeout)
 

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 import zstandard
-from sync_helpers import WAIT, relay_records, wait_until
+from sync_helpers import WAIT, Ledger, OrderWatcher, compare_with_relay, relay_records, wait_until
 
 from commander_os.config import StorageConfig
 from commander_os.errors import RelayError, RelayProtocolError, RelayUnavailable
@@ -532,3 +532,46 @@ def test_pipelined_segments_ack_in_order_and_an_outage_mid_drain_loses_nothing(
     stored = relay_records(shared_relay.url, [agent])
     assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(2500)]
     real.close()
+
+
+def test_order_holds_while_a_backlog_drains_in_pipelined_requests(
+    shared_relay: RelayProcess, tmp_path: Path
+) -> None:
+    """A backlog of updates and deletes of few keys, drained with small segments, several per
+    request and several requests in flight: every snapshot of the relay shows a prefix of the
+    agent's writes, and no key's version ever goes back."""
+    agent = "shipper-order-pipelined"
+    ledger = Ledger(agent)
+    with AgentStorage(
+        agent, tmp_path, htpc_url=dead_url(), enable_htpc=True, close_timeout=0
+    ) as store:
+        for n in range(3000):
+            key = f"k{n % 40:02d}"
+            if n % 7 == 6:
+                store.delete(key)
+                ledger.acked_delete(n, key)
+            else:
+                store.set(key, {"n": n, "key": key})
+                ledger.acked_set(n, key)
+    watcher = OrderWatcher(shared_relay.url, [agent])
+    store = AgentStorage(
+        agent,
+        tmp_path,
+        htpc_url=shared_relay.url,
+        enable_htpc=True,
+        sync_batch_size=7,  # segments of 7 changes, many to a request
+        sync_pipeline=4,
+        sync_linger=0,
+    )
+    try:
+        while store.get_sync_queue_size():
+            watcher.snapshot({agent: ledger})
+        assert store.wait_for_sync(WAIT)
+        watcher.snapshot({agent: ledger})
+        figures = compare_with_relay(shared_relay.url, {agent: ledger}, {agent: store}, watcher)
+    finally:
+        store.close()
+    assert watcher.backwards == []
+    assert watcher.out_of_order == []
+    assert watcher.snapshots >= 2
+    figures.assert_clean("backlog drained in pipelined requests")
