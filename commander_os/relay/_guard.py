@@ -300,8 +300,9 @@ def claimed_agents(body: bytes) -> set[str] | None:
         return None
     found: set[str] = set()
     items = [document]
-    if isinstance(document, dict) and isinstance(document.get("records"), list):
-        items += document["records"]
+    for name in ("records", "heartbeats"):
+        if isinstance(document, dict) and isinstance(document.get(name), list):
+            items += document[name]
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("agent_id"), str):
             found.add(item["agent_id"])

@@ -213,6 +213,24 @@ class StoreLink:
             len(rows) >= limit,
         )
 
+    def heartbeat(self, lane: Lane) -> dict[str, Any]:
+        """The store's outbox state as ``lane``'s relay hears it (``protocol._heartbeat``)."""
+        with self.reading() as conn:
+            queued = outbox.queue_size(conn)
+            oldest = outbox.oldest_pending_time(conn)
+            dead = outbox.dead_letter_count(conn)
+        age = None if oldest is None else round(max(0.0, time.time() - oldest), 3)
+        error = None if lane.last_error is None else lane.last_error[:1000]
+        target = {"name": lane.target[:200], "queue_size": queued, "oldest_pending_age": age}
+        return {
+            "agent_id": self.agent_id,
+            "queue_size": queued,
+            "oldest_pending_age": age,
+            "dead_letters": dead,
+            "last_error": error,
+            "targets": [{**target, "last_error": error}],
+        }
+
     # -- writing outcomes ----------------------------------------------------------------------
 
     def advance(self, lane: Lane, through: int, incarnation: int) -> None:

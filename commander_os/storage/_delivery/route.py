@@ -12,6 +12,10 @@ request per round trip, not one per write, and the batch grows with the load.
 :meth:`Route.step` is the unit of work (tests call it directly); :meth:`Route.start` runs it in
 a thread that sleeps until a store commits, an answer arrives, a retry is due, or it is time to
 look for changes committed by other processes.
+
+Every ``heartbeat_interval`` the route also reports the outbox state of all its stores to the
+relay in one request (``POST /relay/heartbeats``): a host of a thousand idle stores costs each
+relay one request a minute.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from commander_os.errors import RelayAuthError, RelayError, RelayRejected, RelayUnavailable
-from commander_os.protocol import SegmentAck, Verdict, segment_json
+from commander_os.errors import (
+    RelayAuthError,
+    RelayError,
+    RelayRejected,
+    RelayUnavailable,
+    StorageClosed,
+)
+from commander_os.protocol import MAX_HEARTBEATS, SegmentAck, Verdict, segment_json
 from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage._delivery.lane import Lane, Piece, PieceKind
 from commander_os.storage._delivery.link import Draft, StoreLink
@@ -65,6 +76,8 @@ class RouteSettings:
     max_retry_count: int = 5
     poll_interval: float = 1.0
     request_records: int = 1000
+    #: Seconds between two heartbeat requests of the route's stores (0: none).
+    heartbeat_interval: float = 60.0
 
 
 @dataclass(eq=False)
@@ -98,6 +111,9 @@ class Route:
         self._last_send = 0.0
         self._backlog = False
         self._rotation = 0
+        # The first report soon after start: the relay learns of stores that cannot deliver.
+        self._next_heartbeat = time.monotonic() + min(5.0, settings.heartbeat_interval)
+        self._heartbeat_out: Future[None] | None = None
 
     # -- membership -------------------------------------------------------------------------
 
@@ -157,6 +173,8 @@ class Route:
                 wait = min(wait, lane.retry_at - now)
         if self._in_flight and self._backlog:
             wait = min(wait, max(0.0, self._last_send + self.settings.linger - now))
+        if self.settings.heartbeat_interval:
+            wait = min(wait, max(0.0, self._next_heartbeat - now))
         return max(wait, 0.001)
 
     def _snapshot(self) -> list[Lane]:
@@ -171,6 +189,7 @@ class Route:
         the request sent is also settled. True if anything happened."""
         worked = self._settle_done()
         worked |= self._poll_if_due()
+        worked |= self._heartbeat_if_due()
         if len(self._in_flight) >= self.settings.pipeline or not self._lingered():
             return worked
         request = self._gather()
@@ -205,11 +224,43 @@ class Route:
         if not link.active and now >= link.takeover_at:
             link.takeover_at = now + TAKEOVER_SECONDS
             link.try_takeover()
-        if link.active and link.poll():
+        try:
+            changed = link.active and link.poll()
+        except StorageClosed:  # closing meanwhile: it detaches next
+            return False
+        if changed:
             for lane in link.lanes.values():
                 lane.dirty = True
-            return True
-        return False
+        return changed
+
+    # -- heartbeats ----------------------------------------------------------------------------
+
+    def _heartbeat_if_due(self) -> bool:
+        interval = self.settings.heartbeat_interval
+        now = time.monotonic()
+        if not interval or now < self._next_heartbeat:
+            return False
+        self._next_heartbeat = now + interval
+        if self._heartbeat_out is not None and not self._heartbeat_out.done():
+            return False  # the last report is still out: skip a turn rather than pile up
+        beats = []
+        for lane in self._snapshot():
+            if lane.link.active and not lane.link.closed:
+                with suppress(StorageClosed):
+                    beats.append(lane.link.heartbeat(lane))
+        if not beats:
+            return False
+        self._heartbeat_out = self._senders.submit(self._send_heartbeats, beats)
+        return True
+
+    def _send_heartbeats(self, beats: list[dict[str, Any]]) -> None:
+        # Best effort: a relay that is away, or too old to know heartbeats, changes nothing.
+        for start in range(0, len(beats), MAX_HEARTBEATS):
+            try:
+                self.client.heartbeats(beats[start : start + MAX_HEARTBEATS])
+            except Exception as exc:
+                _log.debug("heartbeats to %s not delivered: %s", self.name, exc)
+                return
 
     # -- gathering a request ------------------------------------------------------------------
 
