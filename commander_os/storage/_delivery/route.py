@@ -98,6 +98,9 @@ class Route:
         self.client = client
         self.settings = settings
         self.lanes: list[Lane] = []
+        #: Lanes that may have work: marked when they become dirty or must resend, dropped
+        #: once idle. Gathering looks at these only, not at every store of the process.
+        self.marked: set[Lane] = set()
         self._lanes_lock = threading.Lock()
         self._wake = threading.Event()
         self._in_flight: deque[_Request] = deque()
@@ -121,6 +124,7 @@ class Route:
         """Ship ``lane`` from now on."""
         with self._lanes_lock:
             self.lanes.append(lane)
+        lane.mark()
         self.wake()
 
     def remove(self, lane: Lane) -> None:
@@ -128,10 +132,17 @@ class Route:
         with self._lanes_lock:
             if lane in self.lanes:
                 self.lanes.remove(lane)
+            self.marked.discard(lane)
+
+    def mark(self, lane: Lane) -> None:
+        """``lane`` may have work (any thread)."""
+        with self._lanes_lock:
+            self.marked.add(lane)
 
     def wake(self) -> None:
         """Something changed (a commit, an answer, a close): run a step soon."""
-        self._wake.set()
+        if not self._wake.is_set():  # setting takes a lock and notifies: only when needed
+            self._wake.set()
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -168,7 +179,7 @@ class Route:
     def _idle_seconds(self) -> float:
         now = time.monotonic()
         wait = max(0.0, self._next_poll - now)
-        for lane in self._snapshot():
+        for lane in self._marked():
             if lane.retry_at > now and (lane.dirty or lane.resend or lane.window):
                 wait = min(wait, lane.retry_at - now)
         if self._in_flight and self._backlog:
@@ -180,6 +191,14 @@ class Route:
     def _snapshot(self) -> list[Lane]:
         with self._lanes_lock:
             return list(self.lanes)
+
+    def _marked(self) -> list[Lane]:
+        """The marked lanes, forgetting the idle ones (a store's thread may mark one at any
+        time: copied under the lock, so the set never changes size while it is read)."""
+        with self._lanes_lock:
+            idle = [lane for lane in self.marked if lane.idle()]
+            self.marked.difference_update(idle)
+            return list(self.marked)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -265,7 +284,7 @@ class Route:
     # -- gathering a request ------------------------------------------------------------------
 
     def _gather(self) -> _Request | None:
-        lanes = self._snapshot()
+        lanes = self._marked()
         if not lanes:
             return None
         now = time.monotonic()
@@ -463,6 +482,7 @@ class Route:
             self._regressed(lane, ack)
         else:  # out of order: an earlier piece did not land; resend the window as it was
             lane.resend = bool(lane.window)
+            lane.mark()
 
     def _check_regression(self, lane: Lane, ack: SegmentAck, previous: tuple[int, int]) -> None:
         """The relay held less of this store than it had acknowledged (restored from an older
