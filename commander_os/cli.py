@@ -547,6 +547,13 @@ def _token_create(
     expires: Annotated[
         str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
     ] = None,
+    writes_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--writes-prefix",
+            help="A host token: also writes every agent whose id starts with this prefix.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: RelayDirOpt = None,
     secret_file: SecretFileOpt = None,
@@ -560,7 +567,14 @@ def _token_create(
     try:
         expires_at = None if expires is None else parse_expiry(expires)
         secret = _relay_secret(config, data_dir, secret_file)
-        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
+        token = issue_token(
+            secret,
+            agent_id,
+            read=readable,
+            admin=admin,
+            expires_at=expires_at,
+            write_prefix=writes_prefix,
+        )
     except ValueError as exc:
         if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
             raise
@@ -581,8 +595,9 @@ def _token_verify(
     claims = verify_token(_relay_secret(config, data_dir, secret_file), token.strip())
     readable = claims.readable()
     reads = "every agent" if readable is None else ", ".join(sorted(readable))
+    host = "" if claims.write_prefix is None else f" (host: writes {claims.write_prefix}*)"
     sys.stdout.write(
-        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
+        f"valid token {claims.token_id} for {claims.agent_id}{host}: reads {reads}; "
         f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
     )
 
