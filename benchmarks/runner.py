@@ -1,7 +1,10 @@
 """The command line of the suite: choose sizes and areas, run them, print and save results.
 
-``python -m benchmarks [--quick|--full] [--only local,sync,relay] [--json PATH]
+``python -m benchmarks [--quick|--full] [--only local,sync,relay] [--scale] [--json PATH]
 [--database-url URL] [--workdir DIR]``
+
+``--scale`` runs the scale section (one agent host with many stores, ``benchmarks/scale.py``)
+alone; it is also the area ``scale`` of ``--only``. The default run leaves it out.
 """
 
 from __future__ import annotations
@@ -27,7 +30,18 @@ from benchmarks.sizes import SIZES, Sizes
 
 __all__ = ["AREAS", "main", "run"]
 
-AREAS = ("local", "sync", "replication", "relay", "integrations", "footprint", "fleet")
+AREAS = (
+    "local",
+    "sync",
+    "replication",
+    "relay",
+    "integrations",
+    "footprint",
+    "fleet",
+    "scale",
+)
+#: What runs without ``--only`` or ``--scale``.
+DEFAULT_AREAS = AREAS[:-1]
 DATABASE_URL_ENV = "COMMANDER_OS_TEST_DATABASE_URL"
 
 NOTES = (
@@ -50,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes, seconds (as the tests)")
     size.add_argument("--full", action="store_true", help="full sizes (100k keys, 1M records)")
-    parser.add_argument("--only", default=",".join(AREAS), help="comma-separated areas to run")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_AREAS), help="comma-separated areas to run"
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="run the scale section (many stores in one host) instead of the default areas",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON to this path")
     parser.add_argument(
         "--print-json",
@@ -135,6 +156,10 @@ def run(
             results += run_fleet(
                 sizes, area_dir, server_cpu=server, database_url=database_url, log=log
             )
+        elif area == "scale":
+            from benchmarks.scale import run_scale
+
+            results += run_scale(sizes, area_dir, server_cpu=server, log=log)
         else:
             from benchmarks.relay import run_relay
 
@@ -153,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = SIZES[mode]
     if args.records:
         sizes = dataclasses.replace(sizes, central_records=args.records)
-    areas = _areas(args.only)
+    areas = ["scale"] if args.scale else _areas(args.only)
     # Wide enough for the table when the output is a file or a pipe (rich defaults to 80).
     console = Console(width=None if Console().is_terminal else 160, stderr=args.print_json)
 

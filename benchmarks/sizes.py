@@ -36,6 +36,13 @@ class Sizes:
     ingest_batches: int  # per agent
     ingest_batch: int  # records per batch
     query_ops: int  # per query kind
+    # scale (``--scale``): one agent host with many stores
+    scale_stores_small: int  # stores opened in one process, beside...
+    scale_stores_large: int  # ...this many (the opening-time ratio's target is large/small)
+    scale_idle_seconds: float  # idle CPU measured over this long
+    scale_agents: int  # stores writing at once in one host, beside a single one
+    scale_rate: float  # writes/s per store
+    scale_seconds: float  # how long they write
 
     def to_json(self) -> dict[str, Any]:
         """The knobs as a dict, for the JSON report."""
@@ -65,6 +72,12 @@ SIZES = {
         ingest_batches=3,
         ingest_batch=200,
         query_ops=30,
+        scale_stores_small=5,
+        scale_stores_large=50,
+        scale_idle_seconds=1,
+        scale_agents=50,
+        scale_rate=2,
+        scale_seconds=2,
     ),
     "standard": Sizes(
         name="standard",
@@ -88,6 +101,12 @@ SIZES = {
         ingest_batches=10,
         ingest_batch=1000,
         query_ops=300,
+        scale_stores_small=20,
+        scale_stores_large=200,
+        scale_idle_seconds=3,
+        scale_agents=200,
+        scale_rate=2,
+        scale_seconds=5,
     ),
     "full": Sizes(
         name="full",
@@ -111,5 +130,11 @@ SIZES = {
         ingest_batches=50,
         ingest_batch=1000,
         query_ops=1000,
+        scale_stores_small=100,
+        scale_stores_large=1000,
+        scale_idle_seconds=10,
+        scale_agents=1000,
+        scale_rate=2,
+        scale_seconds=20,
     ),
 }

@@ -194,8 +194,23 @@ def run_sync(
         steady, bursts, missing = _measure_lag(sizes, workdir, relay.url, client_cpu)
     results = _lag_results(sizes, steady, bursts, missing)
     # The shipped default batch size, then a larger one (relays accept up to 5000).
+    seconds = {}
     for batch_size in DRAIN_BATCH_SIZES:
         log(f"sync: draining a {sizes.backlog}-record backlog, sync_batch_size {batch_size}")
         drained = _drain(sizes, workdir, server_cpu, client_cpu, batch_size)
         results += _drain_results(sizes, drained)
+        seconds[batch_size] = drained["seconds"]
+    small, large = DRAIN_BATCH_SIZES
+    # Issue 14: a small batch size must not make a backlog drain much slower.
+    results.append(
+        Result(
+            f"drain a {sizes.backlog}-record backlog, sync_batch_size {small} vs {large}",
+            "value",
+            "s",
+            seconds[small],
+            peer_name=f"sync_batch_size {large}",
+            peer=seconds[large],
+            target=Target("<=", 1.15, ratio=True),
+        )
+    )
     return results

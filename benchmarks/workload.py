@@ -16,7 +16,7 @@ __all__ = ["PREFIXES", "STATUSES", "key", "prefix", "value"]
 
 PREFIXES = 100
 STATUSES = tuple(f"s{n}" for n in range(10))
-_FILLER = "".join(chr(97 + (i * 7) % 26) for i in range(1024))
+_FILLER = "".join(chr(97 + (i * 7) % 26) for i in range(8192))
 VALUE_BYTES = 1024
 
 
@@ -30,8 +30,9 @@ def prefix(group: int) -> str:
     return f"user:{group % PREFIXES:02d}:"
 
 
-def value(index: int, revision: int = 0) -> dict[str, Any]:
-    """A ~1 KB JSON object for item ``index``; ``revision`` makes every write different."""
+def value(index: int, revision: int = 0, size: int = VALUE_BYTES) -> dict[str, Any]:
+    """A JSON object of about ``size`` bytes (1 KB) for item ``index``; ``revision`` makes every
+    write different."""
     head = {
         "id": index,
         "rev": revision,
@@ -40,7 +41,7 @@ def value(index: int, revision: int = 0) -> dict[str, Any]:
         "tags": ["bench", STATUSES[(index // 10) % len(STATUSES)]],
         "name": f"candidate {index}",
     }
-    spare = VALUE_BYTES - len(orjson.dumps(head)) - len(',"note":""')
+    spare = size - len(orjson.dumps(head)) - len(',"note":""')
     head["note"] = _FILLER[: max(spare, 0)]
     return head
 

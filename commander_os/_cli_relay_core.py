@@ -367,6 +367,13 @@ def _token_create(
     expires: Annotated[
         str | None, typer.Option("--expires", help="30d, 12h, 90m, 2w or an ISO time.")
     ] = None,
+    writes_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--writes-prefix",
+            help="A host token: also writes every agent whose id starts with this prefix.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: RelayDirOpt = None,
     secret_file: SecretFileOpt = None,
@@ -381,7 +388,14 @@ def _token_create(
     try:
         expires_at = None if expires is None else parse_expiry(expires)
         secret = _relay_secret(config, data_dir, secret_file)
-        token = issue_token(secret, agent_id, read=readable, admin=admin, expires_at=expires_at)
+        token = issue_token(
+            secret,
+            agent_id,
+            read=readable,
+            admin=admin,
+            expires_at=expires_at,
+            write_prefix=writes_prefix,
+        )
     except ValueError as exc:
         if isinstance(exc, CommanderStorageError) and not isinstance(exc, InvalidAgentId):
             raise
@@ -393,6 +407,7 @@ def _token_create(
                 "agent_id": agent_id,
                 "read": readable,
                 "admin": admin,
+                "writes_prefix": writes_prefix,
                 "expires_at": _iso(expires_at),
             }
         )
@@ -421,14 +436,16 @@ def _token_verify(
                 "agent_id": claims.agent_id,
                 "read": None if readable is None else sorted(readable),
                 "admin": claims.admin,
+                "writes_prefix": claims.write_prefix,
                 "issued_at": _iso(claims.issued_at),
                 "expires_at": _iso(claims.expires_at),
             }
         )
         return
     reads = "every agent" if readable is None else ", ".join(sorted(readable))
+    host = "" if claims.write_prefix is None else f" (host: writes {claims.write_prefix}*)"
     sys.stdout.write(
-        f"valid token {claims.token_id} for {claims.agent_id}: reads {reads}; "
+        f"valid token {claims.token_id} for {claims.agent_id}{host}: reads {reads}; "
         f"admin: {'yes' if claims.admin else 'no'}; expires: {describe_expiry(claims)}\n"
     )
 

@@ -410,6 +410,10 @@ def _bench(
         str | None,
         typer.Option("--only", help="Areas to run, comma-separated (default: every area)."),
     ] = None,
+    scale: Annotated[
+        bool,
+        typer.Option("--scale", help="Only the scale section: one host with many stores."),
+    ] = False,
     as_json: JsonOpt = False,
     output: Annotated[
         Path | None, typer.Option("--output", help="Also write the results as JSON here.")
@@ -433,7 +437,7 @@ def _bench(
     except ImportError:
         err_console.print("error: the benchmarks/ folder is not importable; run from a checkout")
         raise typer.Exit(2) from None
-    argv = ["--only", only] if only else []
+    argv = ["--scale"] if scale else ["--only", only] if only else []
     argv += ["--quick"] if quick else ["--full"] if full else []
     argv += ["--json", str(output)] if output is not None else []
     argv += ["--print-json"] if as_json else []

@@ -238,6 +238,9 @@ class StorageConfig(_Settings):
     sync_pipeline: int = Field(default=4, ge=1, le=64)
     #: Seconds between two cheap looks for changes committed by other processes.
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    #: Seconds between two reports of the process's stores' outboxes to each relay (one
+    #: request for all of them); 0 sends none.
+    heartbeat_interval: float = Field(default=60.0, ge=0, le=3600)
     #: Open the database even if its path is a symbolic link (refused by default: a link
     #: planted there would send every write elsewhere).
     follow_symlinks: bool = False

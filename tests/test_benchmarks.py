@@ -28,6 +28,10 @@ EXPECTED = (
     "set, durability=full, capture on",
     "set_many of 1000, durability=normal",
     "set_many of 1000, durability=full",
+    "set (4 KB value), durability=normal",
+    "set (4 KB value), durability=full",
+    "set_many of 1000 (4 KB values), durability=normal",
+    "set_many of 1000 (4 KB values), durability=full",
     "replication lag, steady",
     "replication lag, bursts",
     "drain a 500-record backlog",
@@ -115,8 +119,11 @@ def test_local_metrics_have_their_peers_side_by_side(report: dict[str, Any]) -> 
 
 
 def test_sync_figures_cover_every_write(report: dict[str, Any]) -> None:
-    drains = [r for r in report["results"] if r["metric"].startswith("drain a")]
+    rows = [r for r in report["results"] if r["metric"].startswith("drain a")]
+    drains = [r for r in rows if r["peer_name"] is None]
     assert len(drains) == 2
+    (ratio,) = [r for r in rows if r["peer_name"] == "sync_batch_size 1000"]
+    assert _is_number(ratio["ratio"]), ratio
     for drain in drains:
         assert drain["note"] == "500 queued, 0 left", drain
     lag = next(r for r in report["results"] if r["metric"].startswith("replication lag, steady"))

@@ -281,3 +281,38 @@ def test_triggers_survive_reopen_and_capture_other_connections(
     finally:
         other.close()
     assert Queue(storage).rows() == [("people", [5], "upsert")]
+
+
+def _schema_version(path: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_reopening_a_synced_store_rewrites_no_trigger(synced: Callable[..., Any]) -> None:
+    storage = synced(TeamStorage)
+    storage.register_synced_table("scratch")
+    path = storage.db_path
+    storage.close()
+    before = _schema_version(path)
+    again = synced(TeamStorage)  # a host reopening a thousand stores pays no schema write each
+    assert _schema_version(path) == before
+    again.conn.execute("INSERT INTO scratch VALUES (1, 'x')")
+    again.conn.execute("INSERT INTO people (id, email, name) VALUES (5, 'e@x', 'Eve')")
+    assert Queue(again).rows() == [("scratch", [1], "upsert"), ("people", [5], "upsert")]
+
+
+def test_reopening_with_another_primary_key_re_registers(
+    make_storage: MakeStorage, synced: Callable[..., Any]
+) -> None:
+    storage = synced(TeamStorage)
+    storage.register_synced_table("scratch")
+    storage.close()
+    storage = synced(TeamStorage)
+    storage.register_synced_table("scratch", primary_key=("note",))  # a different identity
+    storage.conn.execute("INSERT INTO scratch VALUES (1, 'x')")
+    assert Queue(storage).rows() == [("scratch", ["x"], "upsert")]

@@ -25,8 +25,11 @@ from commander_os.protocol._delivery import (
 )
 from commander_os.protocol._heartbeat import (
     MAX_HEARTBEAT_TARGETS,
+    MAX_HEARTBEATS,
     Heartbeat,
     HeartbeatAck,
+    HeartbeatBatch,
+    HeartbeatBatchAck,
     TargetHeartbeat,
 )
 from commander_os.protocol._query import (
@@ -78,6 +81,7 @@ __all__ = [
     "FIELD_PATH_PATTERN",
     "KV_TABLE",
     "MAX_BATCH_RECORDS",
+    "MAX_HEARTBEATS",
     "MAX_HEARTBEAT_TARGETS",
     "MAX_INCARNATION",
     "MAX_QUERY_LIMIT",
@@ -104,6 +108,8 @@ __all__ = [
     "FilterOp",
     "Heartbeat",
     "HeartbeatAck",
+    "HeartbeatBatch",
+    "HeartbeatBatchAck",
     "QueryRequest",
     "QueryResponse",
     "Segment",

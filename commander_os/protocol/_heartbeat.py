@@ -10,6 +10,14 @@ it (3,000 changes queued and nothing delivered yet)::
 
 The relay keeps the latest heartbeat of each agent (``POST /relay/heartbeat``); a token may
 report only its own agent, as with records.
+
+A process's shipper reports every store it ships to one relay in one request, about once a
+minute (``POST /relay/heartbeats``, a :class:`HeartbeatBatch`): a host of a thousand idle
+stores costs each relay one request a minute, not a thousand. The token must be allowed to
+write every agent the batch names (403 otherwise, and none of it is kept)::
+
+    {"heartbeats": [{"agent_id": "planner", "queue_size": 0},
+                    {"agent_id": "critic", "queue_size": 12, "oldest_pending_age": 0.4}]}
 """
 
 from __future__ import annotations
@@ -21,8 +29,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from commander_os.protocol._records import AgentId
 
-__all__ = ["MAX_HEARTBEAT_TARGETS", "Heartbeat", "HeartbeatAck", "TargetHeartbeat"]
+__all__ = [
+    "MAX_HEARTBEATS",
+    "MAX_HEARTBEAT_TARGETS",
+    "Heartbeat",
+    "HeartbeatAck",
+    "HeartbeatBatch",
+    "HeartbeatBatchAck",
+    "TargetHeartbeat",
+]
 
+#: Heartbeats one batch may carry (a shipper with more stores sends several batches).
+MAX_HEARTBEATS = 1000
 #: Delivery targets one heartbeat may describe.
 MAX_HEARTBEAT_TARGETS = 32
 #: Longest error text kept (longer ones are refused rather than cut: the agent decides).
@@ -65,4 +83,18 @@ class HeartbeatAck(_Strict):
 
     agent_id: str
     received_at: datetime = Field(description="relay time the heartbeat arrived")
+    kept: bool = Field(description="false when the relay runs with analytics off")
+
+
+class HeartbeatBatch(_Strict):
+    """The heartbeats of many stores, sent together by one process's shipper."""
+
+    heartbeats: list[Heartbeat] = Field(min_length=1, max_length=MAX_HEARTBEATS)
+
+
+class HeartbeatBatchAck(_Strict):
+    """The relay's answer to a batch of heartbeats."""
+
+    received_at: datetime = Field(description="relay time the batch arrived")
+    count: int = Field(description="heartbeats in the batch")
     kept: bool = Field(description="false when the relay runs with analytics off")

@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /relay/immediate`` (one record), ``POST /relay/batch`` (many; gzip or zstd
 body), ``POST /relay/query``, ``GET /relay/changes``, ``GET /relay/agents``, ``GET /health``,
-``GET /metrics``, ``POST /relay/heartbeat`` and ``GET /relay/analytics`` (:mod:`._analytics`),
+``GET /metrics``, ``POST /relay/heartbeat(s)`` and ``GET /relay/analytics`` (:mod:`._analytics`),
 and the dashboard at ``GET /`` with ``/docs`` (:mod:`.dashboard`). Writes answer only after the
 durable commit. Every refused request gets a 4xx ``{"error": code, "detail": ...}`` and changes
 nothing; a central store that cannot be reached gives 503.
@@ -76,6 +76,7 @@ _KNOWN_PATHS = frozenset(
         "/relay/changes",
         "/relay/agents",
         "/relay/heartbeat",
+        "/relay/heartbeats",
         "/relay/analytics",
         "/docs",
         "/openapi.json",

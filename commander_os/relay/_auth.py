@@ -10,7 +10,9 @@ them with the same secret. Claims::
      "adm": false,             # admin: /metrics, the dashboard, reading every agent
      "iat": 1764210000,        # issued at (Unix seconds)
      "exp": null,              # expires at (Unix seconds), or null for never
-     "jti": "9f2c..."}         # token id: the rate limiter's key, and what logs may name
+     "jti": "9f2c...",         # token id: the rate limiter's key, and what logs may name
+     "wp": "host-1."}          # optional, a host token: also writes every agent whose id
+                               # starts with this prefix (one token for a host's agents)
 
 >>> secret = b"0123456789abcdef0123456789abcdef"
 >>> token = issue_token(secret, "my-agent", now=1764210000)
@@ -74,6 +76,8 @@ MAX_TOKEN_CHARS = 64 * 1024
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
+#: A host token's prefix: the start of an agent id (never empty: that would be every agent).
+_WRITE_PREFIX = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _DURATION = re.compile(r"(\d{1,9})([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -89,6 +93,14 @@ class TokenClaims:
     issued_at: int
     expires_at: int | None
     token_id: str
+    #: A host token's prefix: it also writes every agent whose id starts with it.
+    write_prefix: str | None = None
+
+    def can_write(self, agent_id: str) -> bool:
+        """True if this token may write (and delete) ``agent_id``'s records."""
+        if agent_id == self.agent_id:
+            return True
+        return self.write_prefix is not None and agent_id.startswith(self.write_prefix)
 
     def can_read(self, agent_id: str) -> bool:
         """True if this token may read ``agent_id``'s records."""
@@ -134,14 +146,21 @@ def issue_token(
     admin: bool = False,
     expires_at: int | None = None,
     now: float | None = None,
+    write_prefix: str | None = None,
 ) -> str:
     """A signed token for ``agent_id``.
 
     ``read`` lists the further agents it may read (``None``: every agent). ``expires_at`` is
-    Unix seconds (``None``: never). Raises ``InvalidAgentId`` for a bad id and ``ValueError``
-    for a read list that is too long or an expiry in the past.
+    Unix seconds (``None``: never). ``write_prefix`` makes a host token: it also writes every
+    agent whose id starts with the prefix. Raises ``InvalidAgentId`` for a bad id and
+    ``ValueError`` for a read list that is too long, an expiry in the past or a bad prefix.
     """
     validate_agent_id(agent_id)
+    if write_prefix is not None and not _WRITE_PREFIX.fullmatch(write_prefix):
+        raise ValueError(
+            f"write prefix {write_prefix!r}: 1 to 63 characters of an agent id (a-z, 0-9, "
+            "'.', '_', '-'), starting with a letter or digit"
+        )
     issued = int(time.time() if now is None else now)
     read_claim: str | list[str] = "*"
     if read is not None:
@@ -158,6 +177,8 @@ def issue_token(
         "exp": expires_at,
         "jti": secrets.token_hex(8),
     }
+    if write_prefix is not None:
+        claims["wp"] = write_prefix
     signed_part = f"{TOKEN_PREFIX}.{_b64encode(orjson.dumps(claims))}"
     return f"{signed_part}.{_b64encode(_sign(secret, signed_part))}"
 
@@ -194,8 +215,10 @@ def _parse_claims(raw: bytes) -> TokenClaims:
         raise InvalidToken("malformed token claims")
     sub, read, adm = claims.get("sub"), claims.get("read"), claims.get("adm")
     iat, exp, jti = claims.get("iat"), claims.get("exp"), claims.get("jti")
+    prefix = claims.get("wp")
     valid = (
-        isinstance(sub, str)
+        (prefix is None or (isinstance(prefix, str) and _WRITE_PREFIX.fullmatch(prefix)))
+        and isinstance(sub, str)
         and _AGENT_ID.fullmatch(sub) is not None
         and (read == "*" or _is_agent_list(read))
         and isinstance(adm, bool)
@@ -213,6 +236,7 @@ def _parse_claims(raw: bytes) -> TokenClaims:
         issued_at=int(cast(int, iat)),
         expires_at=exp,
         token_id=str(jti),
+        write_prefix=cast(str | None, prefix),
     )
 
 

@@ -120,15 +120,20 @@ class Caller:
             yield
 
     def check_write(self, agent_ids: Iterable[str]) -> None:
-        """403 unless every record written belongs to the token's own agent."""
-        if self.claims is None:
+        """403 unless the token may write every agent named (its own; a host token also the
+        agents under its prefix). The check is per record: one foreign record refuses the
+        whole request, and none of it is applied."""
+        claims = self.claims
+        if claims is None:
             return
-        own = self.claims.agent_id
         for agent_id in agent_ids:
-            if agent_id != own:
+            if not claims.can_write(agent_id):
+                mine = repr(claims.agent_id)
+                if claims.write_prefix is not None:
+                    mine += f" and agents whose ids start with {claims.write_prefix!r}"
                 raise _forbidden(
-                    f"this token writes as {own!r} only; the request carries records of another "
-                    "agent, so none of it was applied"
+                    f"this token writes as {mine} only; the request carries records of agent "
+                    f"{agent_id!r}, so none of it was applied"
                 )
 
     def may_read(self, agent_id: str) -> bool:
@@ -300,8 +305,9 @@ def claimed_agents(body: bytes) -> set[str] | None:
         return None
     found: set[str] = set()
     items = [document]
-    if isinstance(document, dict) and isinstance(document.get("records"), list):
-        items += document["records"]
+    for name in ("records", "heartbeats"):
+        if isinstance(document, dict) and isinstance(document.get(name), list):
+            items += document[name]
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("agent_id"), str):
             found.add(item["agent_id"])

@@ -48,6 +48,7 @@ __all__ = [
     "floor",
     "has_row",
     "install_triggers",
+    "is_registered",
     "key_values",
     "last_seq",
     "load_changes",
@@ -141,6 +142,11 @@ ON CONFLICT (tbl) DO UPDATE SET pk_columns = excluded.pk_columns,
                                 json_columns = excluded.json_columns
 """
 SELECT_REGISTRATIONS = "SELECT tbl, pk_columns, json_columns FROM _synced_tables"
+SELECT_REGISTRATION = "SELECT pk_columns, json_columns FROM _synced_tables WHERE tbl = ?"
+SELECT_TRIGGERS = (
+    "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 "
+    "AND name IN ('_sync_ins_' || ?1, '_sync_upd_' || ?1, '_sync_del_' || ?1)"
+)
 # Compaction while a target is away: an index on the key, and a trigger that drops the older
 # changes of a key as a newer one is queued (any target needing the old one needs the new one).
 CREATE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS _sync_queue_key ON _sync_queue (tbl, pk)"
@@ -265,6 +271,23 @@ def register_table(conn: sqlite3.Connection, table: SyncedTable) -> SyncedTable:
         ),
     )
     return resolved
+
+
+def is_registered(conn: sqlite3.Connection, table: SyncedTable, *, triggers: bool) -> bool:
+    """Whether ``table`` is registered exactly so (its primary key resolved), and with
+    ``triggers`` its capture triggers are in place: reopening a store then writes nothing (no
+    commit, no fsync)."""
+    row = conn.execute(SELECT_REGISTRATION, (table.name,)).fetchone()
+    if row is None or not table.primary_key:
+        return False
+    registered = (tuple(orjson.loads(row[0])), tuple(orjson.loads(row[1])))
+    if registered != (table.primary_key, table.json_columns):
+        return False
+    if not triggers:
+        return True
+    installed = [sql for (sql,) in conn.execute(SELECT_TRIGGERS, (table.name,))]
+    expected = [statement.replace(" IF NOT EXISTS", "", 1) for statement in _trigger_sql(table)]
+    return sorted(installed) == sorted(expected)
 
 
 def registered_tables(conn: sqlite3.Connection) -> dict[str, SyncedTable]:

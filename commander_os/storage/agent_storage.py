@@ -72,6 +72,12 @@ _ENCODE_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATAC
 _UUID_TEXT = re.compile(rb'-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"')
 # orjson's own nesting limit: deeper values are refused, and the search stops there too.
 _MAX_DEPTH = 255
+# The relay limits a record's data as shipped, the whole row: {"key":...,"value":...,
+# "updated_at":...}. Its size beyond the value and the encoded key: the punctuation and names
+# (31 bytes) and the longest float orjson writes (24).
+_ROW_OVERHEAD = len('{"key":,"value":,"updated_at":}') + 24
+# JSON writes a character of a key in at most 6 bytes (\u0000).
+_MAX_KEY_CHAR_BYTES = 6
 _MISSING = object()
 
 
@@ -144,11 +150,9 @@ class AgentStorage(BaseStorage):
             problem = _non_json_problem(value)
             if problem is not None:
                 raise TypeError(f"value for key {key!r} is not JSON-serialisable: {problem}")
-        if len(encoded) > self.config.max_value_bytes:
-            raise ValueTooLarge(
-                f"value for key {key!r} is {len(encoded)} bytes encoded; the limit is "
-                f"{self.config.max_value_bytes} (max_value_bytes)"
-            )
+        limit = self.config.max_value_bytes
+        if len(encoded) + _MAX_KEY_CHAR_BYTES * len(key) + _ROW_OVERHEAD > limit:
+            self._check_shipped_size(key, len(encoded), limit)
         return pack(encoded)
 
     def _restored_row(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +161,17 @@ class AgentStorage(BaseStorage):
         if table == KV_TABLE and isinstance(value, str):
             return {**row, "value": pack(value.encode())}
         return row
+
+    @staticmethod
+    def _check_shipped_size(key: str, size: int, limit: int) -> None:
+        """Refuse a value whose row, as the relay will receive it, exceeds ``limit``: refused
+        here, not dead-lettered after the relay refused it."""
+        shipped = size + len(orjson.dumps(key)) + _ROW_OVERHEAD
+        if shipped > limit:
+            raise ValueTooLarge(
+                f"value for key {key!r} is {size} bytes encoded, {shipped} bytes as shipped "
+                f"with its key; the limit is {limit} (max_value_bytes)"
+            )
 
     # ------------------------------------------------------------------------------ writes
 

@@ -176,10 +176,18 @@ class BaseStorage(NetworkReads):
         # too; one a migration has since dropped is skipped.
         declared = {table.name for table in self.synced_tables}
         for table in outbox.registered_tables(conn).values():
-            if table.name not in declared and conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
+            if table.name in declared or outbox.is_registered(conn, table, triggers=True):
+                continue
+            if conn.execute(TABLE_EXISTS, (table.name,)).fetchone():
                 outbox.install_triggers(conn, table)
 
     def _register(self, conn: sqlite3.Connection, table: SyncedTable) -> None:
+        # Reopening a store whose registration and triggers are as wanted writes nothing: a
+        # host that opens a thousand stores pays no commit (and no fsync) for each.
+        primary_key = table.primary_key or outbox.declared_primary_key(conn, table.name)
+        wanted = SyncedTable(table.name, primary_key, table.json_columns)
+        if primary_key and outbox.is_registered(conn, wanted, triggers=self.config.enable_htpc):
+            return
         resolved = outbox.register_table(conn, table)
         # With sync off, existing triggers stay: dropping them would silently stop capture
         # for another process (or a later session) that syncs this store. So a store that
@@ -315,8 +323,12 @@ class BaseStorage(NetworkReads):
         link = self._link
         if link is not None:
             for lane in link.lanes.values():
-                lane.dirty = True
-                lane.route.wake()
+                # A lane already marked is known to its route (which clears the mark before
+                # it reads the outbox): waking it on every commit would only steal the
+                # writer's CPU while a request is out or the relay is away.
+                if not lane.dirty:
+                    lane.dirty = True
+                    lane.route.wake()
             if seq:
                 link.wait_acked(seq, self.config.sync_timeout)
 

@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 import zstandard
-from sync_helpers import WAIT, relay_records, wait_until
+from sync_helpers import WAIT, Ledger, OrderWatcher, compare_with_relay, relay_records, wait_until
 
 from commander_os.config import StorageConfig
 from commander_os.errors import RelayError, RelayProtocolError, RelayUnavailable
@@ -170,7 +170,8 @@ def test_changes_travel_in_segments_of_sync_batch_size(
     http = httpx.Client(timeout=WAIT, event_hooks={"request": [requests.hook]})
     shipper, link = shipping.attach(many, shared_relay.url, http, sync_batch_size=100)
     assert drain(shipper, link) == 230
-    assert [counts for _, _, counts in requests.seen] == [[0], [100], [100], [30]]
+    # A backlog travels as several segments of sync_batch_size in one request.
+    assert [counts for _, _, counts in requests.seen] == [[0], [100, 100, 30]]
     assert requests.seen[1][1] == "zstd"  # 100 records are well past the compression threshold
     assert queue_rows(many) == []
     assert len(relay_records(shared_relay.url, [agent + "-2"])) == 230
@@ -501,13 +502,14 @@ def test_pipelined_segments_ack_in_order_and_an_outage_mid_drain_loses_nothing(
     shared_relay: RelayProcess, tmp_path: Path, shipping: Shipping
 ) -> None:
     agent = "shipper-pipeline"
-    path = queued_store(tmp_path, agent, {f"k{i:04d}": i for i in range(250)})
+    # A request carries up to 1,000 changes: ten segments of sync_batch_size 100.
+    path = queued_store(tmp_path, agent, {f"k{i:04d}": i for i in range(2500)})
     real = httpx.HTTPTransport()
     answered = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
         nonlocal answered
-        if answered == 3:  # the grant and two segments pass; the third segment meets an outage
+        if answered == 3:  # the grant and two requests pass; the third request meets an outage
             return httpx.Response(503, content=b'{"error": "busy"}', request=request)
         response = real.handle_request(request)
         response.read()
@@ -519,14 +521,57 @@ def test_pipelined_segments_ack_in_order_and_an_outage_mid_drain_loses_nothing(
     )
     with pytest.raises(RelayUnavailable):
         shipper.flush(link, WAIT, fail_fast=True)
-    assert [seq for seq, _ in queue_rows(path)] == list(range(201, 251))
+    assert [seq for seq, _ in queue_rows(path)] == list(range(2001, 2501))
     _fails(shipper, link, RelayUnavailable, "503")  # the outage persists: nothing more acked
-    assert len(queue_rows(path)) == 50
+    assert len(queue_rows(path)) == 500
     answered = 0  # the relay is back
     for lane in link.lanes.values():
         lane.retry_at = 0.0
-    assert drain(shipper, link) == 50
+    assert drain(shipper, link) == 500
     assert queue_rows(path) == []
     stored = relay_records(shared_relay.url, [agent])
-    assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(250)]
+    assert sorted(key for _, key in stored) == [f"k{i:04d}" for i in range(2500)]
     real.close()
+
+
+def test_order_holds_while_a_backlog_drains_in_pipelined_requests(
+    shared_relay: RelayProcess, tmp_path: Path
+) -> None:
+    """A backlog of updates and deletes of few keys, drained with small segments, several per
+    request and several requests in flight: every snapshot of the relay shows a prefix of the
+    agent's writes, and no key's version ever goes back."""
+    agent = "shipper-order-pipelined"
+    ledger = Ledger(agent)
+    with AgentStorage(
+        agent, tmp_path, htpc_url=dead_url(), enable_htpc=True, close_timeout=0
+    ) as store:
+        for n in range(3000):
+            key = f"k{n % 40:02d}"
+            if n % 7 == 6:
+                store.delete(key)
+                ledger.acked_delete(n, key)
+            else:
+                store.set(key, {"n": n, "key": key})
+                ledger.acked_set(n, key)
+    watcher = OrderWatcher(shared_relay.url, [agent])
+    store = AgentStorage(
+        agent,
+        tmp_path,
+        htpc_url=shared_relay.url,
+        enable_htpc=True,
+        sync_batch_size=7,  # segments of 7 changes, many to a request
+        sync_pipeline=4,
+        sync_linger=0,
+    )
+    try:
+        while store.get_sync_queue_size():
+            watcher.snapshot({agent: ledger})
+        assert store.wait_for_sync(WAIT)
+        watcher.snapshot({agent: ledger})
+        figures = compare_with_relay(shared_relay.url, {agent: ledger}, {agent: store}, watcher)
+    finally:
+        store.close()
+    assert watcher.backwards == []
+    assert watcher.out_of_order == []
+    assert watcher.snapshots >= 2
+    figures.assert_clean("backlog drained in pipelined requests")

@@ -169,9 +169,10 @@ shipper.detach(link)
 
 def _run_shipper(
     spawn: Callable[..., Child], agent: str, path: Path, url: str, kill_after: int
-) -> tuple[list[Exchange], int | None, int]:
+) -> tuple[list[list[Exchange]], int | None, int]:
+    """The exchanges of each request that carried records, what was drained, the exit code."""
     child = spawn(SHIP_AND_DIE, agent, str(path), url, str(kill_after))
-    exchanges: list[Exchange] = []
+    requests: list[list[Exchange]] = []
     drained = None
     while True:
         try:
@@ -181,9 +182,9 @@ def _run_shipper(
         answer = orjson.loads(line)
         if "drained" in answer:
             drained = answer["drained"]
-        else:
-            exchanges += exchanges_of("", answer["sent"], answer["answer"], False)
-    return exchanges, drained, child.wait()
+        elif exchanges := exchanges_of("", answer["sent"], answer["answer"], False):
+            requests.append(exchanges)
+    return requests, drained, child.wait()
 
 
 def _queued_keys(path: Path) -> list[str]:
@@ -196,6 +197,10 @@ def _queued_keys(path: Path) -> list[str]:
         conn.close()
 
 
+#: Writes per round of the test below.
+PER_ROUND = 2100
+
+
 def test_agent_killed_between_sending_a_batch_and_deleting_its_rows(
     relay: RelayProcess, tmp_path: Path, spawn: Callable[..., Child]
 ) -> None:
@@ -205,6 +210,8 @@ def test_agent_killed_between_sending_a_batch_and_deleting_its_rows(
     exchanges: list[Exchange] = []
     n = 0
     leftovers = []
+    # A request carries up to 1,000 changes (segments of 50): each round queues more than
+    # three requests' worth, so the shipper can be killed after its first, second or third.
     for round_, kill_after in enumerate((1, 2, 3)):
         # The agent writes while its relay is down: everything stays queued.
         relay.stop()
@@ -218,37 +225,40 @@ def test_agent_killed_between_sending_a_batch_and_deleting_its_rows(
             close_timeout=0,
             compact_outbox=False,
         ) as store:
-            for i in range(120):
-                key = f"r{round_}-k{i:03d}"
-                store.set(key, {"n": n})
-                ledger.acked_set(n, key)
-                n += 1
+            for start in range(0, PER_ROUND, 100):
+                with store.transaction():  # one commit per 100 writes: setup speed only
+                    keys = [f"r{round_}-k{i:04d}" for i in range(start, start + 100)]
+                    for number, key in enumerate(keys, n):
+                        store.set(key, {"n": number})
+                for key in keys:  # acknowledged once the transaction committed
+                    ledger.acked_set(n, key)
+                    n += 1
             if round_:
-                for i in range(0, 120, 12):  # deletes of keys the relay may already hold
-                    key = f"r{round_ - 1}-k{i:03d}"
+                for i in range(0, PER_ROUND, 12):  # deletes of keys the relay may already hold
+                    key = f"r{round_ - 1}-k{i:04d}"
                     store.delete(key)
                     ledger.acked_delete(n, key)
                     n += 1
             path = store.db_path
         relay.restart()
-        shipped, drained, code = _run_shipper(spawn, agent, path, relay.url, kill_after)
+        requests, drained, code = _run_shipper(spawn, agent, path, relay.url, kill_after)
         assert code == -signal.SIGKILL
         assert drained is None
-        assert len(shipped) == kill_after
-        exchanges += shipped
-        # The relay committed the last batch, the agent died before deleting its rows.
-        last = shipped[-1]
-        assert last.ack["applied"] + last.ack["ignored"] == len(last.records)
+        assert len(requests) == kill_after
+        exchanges += [exchange for request in requests for exchange in request]
+        # The relay committed the last request, the agent died before deleting its rows.
         queued_keys = _queued_keys(path)
-        assert {key for _, key, _ in last.records} <= set(queued_keys)  # its rows were not deleted
+        for last in requests[-1]:
+            assert last.ack["applied"] + last.ack["ignored"] == len(last.records)
+            assert {key for _, key, _ in last.records} <= set(queued_keys)  # its rows were kept
         remaining = len(queued_keys)
         leftovers.append(remaining)
     # Reopen and resync: the replayed batches change nothing at the relay.
     final, drained, code = _run_shipper(spawn, agent, path, relay.url, kill_after=10**6)
     assert code == 0
     assert drained == leftovers[-1]
-    exchanges += final
-    replays = final[0].ack["ignored"]
+    exchanges += [exchange for request in final for exchange in request]
+    replays = sum(exchange.ack["ignored"] for exchange in final[0])
     distinct, applied, ignored = exactly_once_in_effect(exchanges)
     with AgentStorage(agent, data_dir, htpc_url=relay.url, enable_htpc=True) as store:
         assert store.wait_for_sync(WAIT)

@@ -1,4 +1,4 @@
-"""``POST /relay/heartbeat`` and ``GET /relay/analytics``."""
+"""``POST /relay/heartbeat``, ``POST /relay/heartbeats`` and ``GET /relay/analytics``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
-from commander_os.protocol import Heartbeat, HeartbeatAck
+from commander_os.protocol import Heartbeat, HeartbeatAck, HeartbeatBatch, HeartbeatBatchAck
 from commander_os.relay._body import parse_model, read_body
 from commander_os.relay._guard import Caller, claimed_agents
 from commander_os.relay._http import body_doc, json_response
@@ -38,6 +38,31 @@ def add_analytics_routes(app: FastAPI, state: RelayState, admit: Any) -> None:
         ack = {
             "agent_id": heartbeat.agent_id,
             "received_at": datetime.fromtimestamp(received, tz=UTC),
+            "kept": analytics is not None,
+        }
+        return json_response(ack)
+
+    @app.post(
+        "/relay/heartbeats",
+        response_model=HeartbeatBatchAck,
+        openapi_extra=body_doc(HeartbeatBatch),
+    )
+    async def relay_heartbeats(request: Request, caller: Caller = admit) -> Response:
+        """Keep the latest heartbeat of every agent of a batch (one request a minute from a
+        whole host); the token must be allowed to write each of them, or none is kept."""
+        body = await read_body(request, limits)
+        if caller.claims is not None:
+            caller.check_write(claimed_agents(body) or ())  # 403 before any 422
+        batch = parse_model(HeartbeatBatch, body)
+        caller.check_write([heartbeat.agent_id for heartbeat in batch.heartbeats])
+        analytics = state.analytics
+        received = time.time()
+        if analytics is not None:
+            for heartbeat in batch.heartbeats:
+                received = analytics.data.on_heartbeat(heartbeat)
+        ack = {
+            "received_at": datetime.fromtimestamp(received, tz=UTC),
+            "count": len(batch.heartbeats),
             "kept": analytics is not None,
         }
         return json_response(ack)

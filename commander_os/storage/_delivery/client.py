@@ -224,6 +224,14 @@ class RelayClient:
         content, headers = _compress(body, self._compressor)
         return expect_dict(self._request("POST", "/relay/batch", content=content, headers=headers))
 
+    def heartbeats(self, heartbeats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Report the outbox state of several stores in one request (``protocol._heartbeat``)."""
+        body = orjson.dumps({"heartbeats": heartbeats})
+        content, headers = _compress(body, self._compressor)
+        return expect_dict(
+            self._request("POST", "/relay/heartbeats", content=content, headers=headers)
+        )
+
     # ----------------------------------------------------------------------------- reads
 
     def query(self, **filters: Any) -> dict[str, Any]:

@@ -68,7 +68,8 @@ class Lane:
     in_flight: int = 0
     #: The window must go out again, as it was, once nothing of the lane is in flight.
     resend: bool = False
-    dirty: bool = True
+    #: New changes may wait (see :attr:`dirty`).
+    _dirty: bool = field(default=True, repr=False)
     urgent: bool = False
     failures: int = 0
     retry_at: float = 0.0
@@ -87,6 +88,30 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.limit = self.batch_size
+
+    @property
+    def dirty(self) -> bool:
+        """Whether new changes may wait in the outbox. Marking a lane also puts it on its
+        route's short list, so a route of a thousand stores looks only at those with work."""
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        self._dirty = value
+        if value:
+            self.mark()
+
+    def mark(self) -> None:
+        """Put the lane on its route's list of lanes to look at."""
+        route = self.__dict__.get("route")
+        if route is not None:
+            route.mark(self)
+
+    def idle(self) -> bool:
+        """Nothing to send: the route may forget the lane until it is marked again (what is
+        in flight marks it when it must go out again: :meth:`lost`, a repair or grant
+        answered, a restart)."""
+        return not (self._dirty or self.resend or self.needs_repair or self.repair is not None)
 
     @property
     def sent(self) -> int:
@@ -147,6 +172,7 @@ class Lane:
         delay = URGENT_RETRY_SECONDS if self.urgent else backoff(self.failures, cap)
         self.retry_at = time.monotonic() + delay
         self.resend = bool(self.window)
+        self.mark()
 
     def restart(self) -> None:
         """The window is void (a new incarnation, a fence, a regression): forget it, draft

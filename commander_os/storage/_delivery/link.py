@@ -61,6 +61,8 @@ class Draft:
     through: int
     incarnation: int
     attempts: list[int]
+    #: Whether it read as many queued changes as it was allowed to (more may wait).
+    full: bool = False
 
 
 @dataclass(eq=False)
@@ -132,7 +134,8 @@ class StoreLink:
         with self.writing("registering delivery targets") as conn:
             has_data = _has_data(conn)
             cursors, dropped = targets.ensure(conn, wanted, has_data=has_data)
-            outbox.write_meta(conn, "captured", 1)
+            if outbox.read_meta(conn, "captured") != "1":
+                outbox.write_meta(conn, "captured", 1)
             self.compacting = outbox.compacting(conn)
             self.fenced = identity.conflict(conn) is not None
             self.retired = identity.is_retired(conn)
@@ -209,6 +212,22 @@ class StoreLink:
         self._reads["standing"] = (("standing", version), value)
         return value
 
+    def outlook(self, after: int, limit: int) -> tuple[int, bool, Draft | None]:
+        """:meth:`standing` and :meth:`draft` in one read transaction (the shipper's look at a
+        lane, made once per request: one transaction fewer per store and request)."""
+        key = ("outlook", after, limit)
+        found = self._cached(key)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        with self.reading() as conn:
+            version = self._version(conn)
+            claim = identity.wants_claim(conn)
+            draft = self._draft(conn, after, limit)
+            incarnation = identity.incarnation(conn) if draft is None else draft.incarnation
+        value = incarnation, claim, draft
+        self._reads["outlook"] = ((*key, version), value)
+        return value
+
     def draft(self, after: int, limit: int) -> Draft | None:
         """The next segment: up to ``limit`` changes after seq ``after``; None if none waits."""
         key = ("draft", after, limit)
@@ -217,12 +236,12 @@ class StoreLink:
             return found  # type: ignore[no-any-return]
         with self.reading() as conn:
             version = self._version(conn)
-            draft = self._read_draft(conn, after, limit)
+            draft = self._draft(conn, after, limit)
         if draft is not None:
             self._reads["draft"] = ((*key, version), draft)
         return draft
 
-    def _read_draft(self, conn: sqlite3.Connection, after: int, limit: int) -> Draft | None:
+    def _draft(self, conn: sqlite3.Connection, after: int, limit: int) -> Draft | None:
         incarnation = identity.incarnation(conn)
         rows = outbox.pending(conn, limit, after_seq=after)
         if not rows:
@@ -239,7 +258,41 @@ class StoreLink:
             rows[-1].seq,
             incarnation,
             [c.attempts for c in changes],
+            len(rows) >= limit,
         )
+
+    def heartbeat(self, lane: Lane) -> dict[str, Any]:
+        """The store's outbox state as ``lane``'s relay hears it (``protocol._heartbeat``):
+        the whole queue, and under ``targets`` every target's own queue, lag and error."""
+        with self.reading() as conn:
+            queued = outbox.queue_size(conn)
+            oldest = outbox.oldest_pending_time(conn)
+            dead = outbox.dead_letter_count(conn)
+            behind = [
+                (
+                    other,
+                    outbox.queue_size(conn, other.acked),
+                    outbox.oldest_pending_time(conn, other.acked),
+                )
+                for other in self.lanes.values()
+            ]
+        error = None if lane.last_error is None else lane.last_error[:1000]
+        return {
+            "agent_id": self.agent_id,
+            "queue_size": queued,
+            "oldest_pending_age": _age(oldest),
+            "dead_letters": dead,
+            "last_error": error,
+            "targets": [
+                {
+                    "name": other.target[:200],
+                    "queue_size": count,
+                    "oldest_pending_age": _age(since),
+                    "last_error": None if other.last_error is None else other.last_error[:1000],
+                }
+                for other, count, since in behind
+            ],
+        }
 
     # -- writing outcomes ----------------------------------------------------------------------
 
@@ -385,6 +438,10 @@ class StoreLink:
             await asyncio.sleep(pause if remaining is None else min(pause, remaining))
             pause = min(pause * 2, 0.05)
         return True
+
+
+def _age(moment: float | None) -> float | None:
+    return None if moment is None else round(max(0.0, time.time() - moment), 3)
 
 
 def _has_data(conn: sqlite3.Connection) -> bool:

@@ -2,13 +2,20 @@
 
 Every store of the process that ships to a target has a :class:`~.lane.Lane` on its route. The
 loop gathers the lanes that have something to send into one request (a segment per store:
-``protocol._delivery``), keeps up to ``sync_pipeline`` requests in flight, and settles each
-answer lane by lane. While a request is in flight, new changes gather for ``sync_linger``
-seconds before the next one leaves; an idle route sends a lone change at once.
+``protocol._delivery``) and settles each answer lane by lane. An idle route sends a lone change
+at once. While a request is in flight, new changes gather for the next one: until its answer
+arrives, or, when the last request left changes behind (a backlog), for ``sync_linger``
+seconds, so that up to ``sync_pipeline`` requests keep the relay busy. Waiting for the answer
+is what batches a busy host's writes: a thousand stores writing twice a second send one
+request per round trip, not one per write, and the batch grows with the load.
 
 :meth:`Route.step` is the unit of work (tests call it directly); :meth:`Route.start` runs it in
 a thread that sleeps until a store commits, an answer arrives, a retry is due, or it is time to
 look for changes committed by other processes.
+
+Every ``heartbeat_interval`` the route also reports the outbox state of all its stores to the
+relay in one request (``POST /relay/heartbeats``): a host of a thousand idle stores costs each
+relay one request a minute.
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ from commander_os.errors import (
     RelayUnavailable,
     StorageClosed,
 )
-from commander_os.protocol import SegmentAck, Verdict, segment_json
+from commander_os.protocol import MAX_HEARTBEATS, SegmentAck, Verdict, segment_json
 from commander_os.storage._delivery.client import RelayClient
 from commander_os.storage._delivery.lane import Lane, Piece, PieceKind
-from commander_os.storage._delivery.link import StoreLink
+from commander_os.storage._delivery.link import Draft, StoreLink
 from commander_os.storage._delivery.repair import Repair
 
 __all__ = ["Route", "RouteSettings"]
@@ -69,12 +76,17 @@ class RouteSettings:
     max_retry_count: int = 5
     poll_interval: float = 1.0
     request_records: int = 1000
+    #: Seconds between two heartbeat requests of the route's stores (0: none).
+    heartbeat_interval: float = 60.0
 
 
 @dataclass(eq=False)
 class _Request:
     items: list[tuple[Lane, list[Piece]]]
     segments: list[dict[str, Any]]
+    #: Whether changes were left behind (a lane had more than it sent, or the request was
+    #: full): the next request may then leave before this one is answered.
+    more: bool = False
     future: Future[list[SegmentAck]] = field(default_factory=Future)
 
 
@@ -95,6 +107,9 @@ class Route:
         self.client = client
         self.settings = settings
         self.lanes: list[Lane] = []
+        #: Lanes that may have work: marked when they become dirty or must resend, dropped
+        #: once idle. Gathering looks at these only, not at every store of the process.
+        self.marked: set[Lane] = set()
         self._lanes_lock = threading.Lock()
         self._wake = threading.Event()
         self._in_flight: deque[_Request] = deque()
@@ -109,7 +124,11 @@ class Route:
         self._down_attempts = 0
         self._next_poll = 0.0
         self._last_send = 0.0
+        self._backlog = False
         self._rotation = 0
+        # The first report soon after start: the relay learns of stores that cannot deliver.
+        self._next_heartbeat = time.monotonic() + min(5.0, settings.heartbeat_interval)
+        self._heartbeat_out: Future[None] | None = None
 
     # -- membership -------------------------------------------------------------------------
 
@@ -117,6 +136,7 @@ class Route:
         """Ship ``lane`` from now on."""
         with self._lanes_lock:
             self.lanes.append(lane)
+        lane.mark()
         self.wake()
 
     def remove(self, lane: Lane) -> None:
@@ -124,10 +144,17 @@ class Route:
         with self._lanes_lock:
             if lane in self.lanes:
                 self.lanes.remove(lane)
+            self.marked.discard(lane)
+
+    def mark(self, lane: Lane) -> None:
+        """``lane`` may have work (any thread)."""
+        with self._lanes_lock:
+            self.marked.add(lane)
 
     def wake(self) -> None:
         """Something changed (a commit, an answer, a close): run a step soon."""
-        self._wake.set()
+        if not self._wake.is_set():  # setting takes a lock and notifies: only when needed
+            self._wake.set()
 
     # -- the thread ---------------------------------------------------------------------------
 
@@ -164,16 +191,26 @@ class Route:
     def _idle_seconds(self) -> float:
         now = time.monotonic()
         wait = max(0.0, self._next_poll - now)
-        for lane in self._snapshot():
+        for lane in self._marked():
             if lane.retry_at > now and (lane.dirty or lane.resend or lane.window):
                 wait = min(wait, lane.retry_at - now)
-        if self._in_flight:
+        if self._in_flight and self._backlog:
             wait = min(wait, max(0.0, self._last_send + self.settings.linger - now))
+        if self.settings.heartbeat_interval:
+            wait = min(wait, max(0.0, self._next_heartbeat - now))
         return max(wait, 0.001)
 
     def _snapshot(self) -> list[Lane]:
         with self._lanes_lock:
             return list(self.lanes)
+
+    def _marked(self) -> list[Lane]:
+        """The marked lanes, forgetting the idle ones (a store's thread may mark one at any
+        time: copied under the lock, so the set never changes size while it is read)."""
+        with self._lanes_lock:
+            idle = [lane for lane in self.marked if lane.idle()]
+            self.marked.difference_update(idle)
+            return list(self.marked)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -183,6 +220,7 @@ class Route:
         the request sent is also settled. True if anything happened."""
         worked = self._settle_done()
         worked |= self._poll_if_due()
+        worked |= self._heartbeat_if_due()
         if len(self._in_flight) >= self.settings.pipeline or not self._lingered():
             return worked
         request = self._gather()
@@ -197,6 +235,8 @@ class Route:
     def _lingered(self) -> bool:
         if not self._in_flight:
             return True
+        if not self._backlog:
+            return False  # small changes wait for the answer and travel together after it
         return time.monotonic() - self._last_send >= self.settings.linger
 
     def _poll_if_due(self) -> bool:
@@ -216,16 +256,48 @@ class Route:
         if not link.active and now >= link.takeover_at:
             link.takeover_at = now + TAKEOVER_SECONDS
             link.try_takeover()
-        if link.active and link.poll():
+        try:
+            changed = link.active and link.poll()
+        except StorageClosed:  # closing meanwhile: it detaches next
+            return False
+        if changed:
             for lane in link.lanes.values():
                 lane.dirty = True
-            return True
-        return False
+        return changed
+
+    # -- heartbeats ----------------------------------------------------------------------------
+
+    def _heartbeat_if_due(self) -> bool:
+        interval = self.settings.heartbeat_interval
+        now = time.monotonic()
+        if not interval or now < self._next_heartbeat:
+            return False
+        self._next_heartbeat = now + interval
+        if self._heartbeat_out is not None and not self._heartbeat_out.done():
+            return False  # the last report is still out: skip a turn rather than pile up
+        beats = []
+        for lane in self._snapshot():
+            if lane.link.active and not lane.link.closed:
+                with suppress(StorageClosed):
+                    beats.append(lane.link.heartbeat(lane))
+        if not beats:
+            return False
+        self._heartbeat_out = self._senders.submit(self._send_heartbeats, beats)
+        return True
+
+    def _send_heartbeats(self, beats: list[dict[str, Any]]) -> None:
+        # Best effort: a relay that is away, or too old to know heartbeats, changes nothing.
+        for start in range(0, len(beats), MAX_HEARTBEATS):
+            try:
+                self.client.heartbeats(beats[start : start + MAX_HEARTBEATS])
+            except Exception as exc:
+                _log.debug("heartbeats to %s not delivered: %s", self.name, exc)
+                return
 
     # -- gathering a request ------------------------------------------------------------------
 
     def _gather(self) -> _Request | None:
-        lanes = self._snapshot()
+        lanes = self._marked()
         if not lanes:
             return None
         now = time.monotonic()
@@ -233,13 +305,18 @@ class Route:
         self._rotation += 1
         items: list[tuple[Lane, list[Piece]]] = []
         room = self.settings.request_records
+        more = False
         for lane in lanes[start:] + lanes[:start]:
-            if room <= 0 or not lane.ready(now) or (lane.solo and items):
+            if room <= 0:
+                more = more or lane.ready(now)
+                continue
+            if not lane.ready(now) or (lane.solo and items):
                 continue
             try:
-                pieces = self._pieces(lane, room)
+                pieces, left = self._lane_pieces(lane, room)
             except StorageClosed:
                 continue  # closed since the snapshot: its close removes the lane
+            more = more or left
             if not pieces:
                 continue
             items.append((lane, pieces))
@@ -249,37 +326,64 @@ class Route:
         if not items:
             return None
         segments = [piece.segment for _, pieces in items for piece in pieces]
-        return _Request(items, segments)
+        return _Request(items, segments, more)
+
+    def _lane_pieces(self, lane: Lane, room: int) -> tuple[list[Piece], bool]:
+        """``lane``'s pieces for the next request, and whether it has more waiting.
+
+        A lane with a backlog sends several pieces of ``sync_batch_size`` changes in one
+        request (up to ``room`` changes), so a small batch size costs no more round trips than
+        a large one; each piece keeps its own identity, and the lane's order, at the relay.
+        """
+        pieces = self._pieces(lane, room)
+        if lane.resend:
+            return pieces, False
+        while pieces and pieces[-1].draft is not None and pieces[-1].draft.full:
+            room -= len(pieces[-1].segment["records"])
+            if room <= 0 or lane.solo:
+                lane.dirty = True  # the rest goes in the next request
+                return pieces, True
+            following = self._draft_piece(lane, pieces[-1].through, room)
+            if following is None:
+                return pieces, False
+            pieces.append(following)
+        return pieces, False
 
     def _pieces(self, lane: Lane, room: int) -> list[Piece]:
         if lane.resend:
             return list(lane.window)
         link = lane.link
-        incarnation, claim = link.standing()
+        # Cleared before reading, so a commit made meanwhile marks the lane again.
+        lane.dirty = False
+        incarnation, claim, draft = link.outlook(lane.sent, max(1, min(lane.limit, room)))
         if claim or incarnation == 0:
-            return self._grant(lane, incarnation, claim)
+            return self._grant(lane, incarnation, claim, draft is not None)
         if lane.needs_repair or lane.repair is not None:
             piece = self._repair_piece(lane, incarnation)
             if piece is not None:
                 return [piece]
-        draft = link.draft(lane.sent, max(1, min(lane.limit, room)))
-        if draft is None:
-            lane.dirty = False
-            return []
+        return [] if draft is None else [self._changes_piece(lane, draft)]
+
+    def _draft_piece(self, lane: Lane, after: int, room: int) -> Piece | None:
+        """A piece of the changes after seq ``after`` (at most the lane's limit and ``room``)."""
+        draft = lane.link.draft(after, max(1, min(lane.limit, room)))
+        return None if draft is None else self._changes_piece(lane, draft)
+
+    @staticmethod
+    def _changes_piece(lane: Lane, draft: Draft) -> Piece:
         segment = segment_json(
-            link.agent_id,
+            lane.link.agent_id,
             incarnation=draft.incarnation,
             acked=lane.acked,
             base=draft.base,
             segment_id=content_id(draft.incarnation, draft.base, draft.through, draft.records),
             records=draft.records,
         )
-        return [Piece(PieceKind.CHANGES, segment, draft.through, draft)]
+        return Piece(PieceKind.CHANGES, segment, draft.through, draft)
 
-    def _grant(self, lane: Lane, incarnation: int, claim: bool) -> list[Piece]:
+    def _grant(self, lane: Lane, incarnation: int, claim: bool, changes: bool) -> list[Piece]:
         """A piece asking for an incarnation (only when there is something to ship)."""
-        if not claim and not lane.needs_repair and lane.link.draft(lane.sent, 1) is None:
-            lane.dirty = False
+        if not claim and not lane.needs_repair and not changes:
             return []
         segment = segment_json(
             lane.link.agent_id,
@@ -327,6 +431,7 @@ class Route:
             lane.sending(pieces)
         self._in_flight.append(request)
         self._last_send = time.monotonic()
+        self._backlog = request.more
         future = self._senders.submit(self.client.deliver, request.segments)
         future.add_done_callback(lambda _: self.wake())
         request.future = future
@@ -372,9 +477,12 @@ class Route:
                 previous = (lane.acked_incarnation, lane.acked)
                 link.advance(lane, ack.through, ack.incarnation)
                 self._check_regression(lane, ack, previous)
+                # New changes follow the window, so only a lane that holds back changes (one
+                # isolating a refused record) needs another look after an ack.
+                lane.dirty |= lane.solo
             else:
                 lane.settled(piece)
-            lane.dirty = True
+                lane.dirty = True
         elif ack.verdict is Verdict.REINCARNATE:
             claimed = bool(piece.segment.get("claim"))
             value = link.take_incarnation(ack.incarnation, claimed=claimed)
@@ -391,6 +499,7 @@ class Route:
             self._regressed(lane, ack)
         else:  # out of order: an earlier piece did not land; resend the window as it was
             lane.resend = bool(lane.window)
+            lane.mark()
 
     def _check_regression(self, lane: Lane, ack: SegmentAck, previous: tuple[int, int]) -> None:
         """The relay held less of this store than it had acknowledged (restored from an older

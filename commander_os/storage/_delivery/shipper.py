@@ -242,4 +242,5 @@ def _settings(config: StorageConfig) -> RouteSettings:
         max_retry_count=config.max_retry_count,
         poll_interval=config.poll_interval,
         request_records=max(1000, config.sync_batch_size),
+        heartbeat_interval=config.heartbeat_interval,
     )
