@@ -18,6 +18,7 @@ from commander_os.protocol import (
     EncodedRecord,
     Heartbeat,
     QueryRequest,
+    TargetHeartbeat,
     make_version,
 )
 from commander_os.relay import create_app
@@ -222,6 +223,17 @@ def test_health_follows_the_alert_thresholds() -> None:
     )
     data.on_heartbeat(Heartbeat(agent_id="backlog", queue_size=3000, dead_letters=2))
     data.on_heartbeat(Heartbeat(agent_id="erring", queue_size=1, last_error="relay answered 503"))
+    data.on_heartbeat(
+        Heartbeat(
+            agent_id="replicated",
+            queue_size=40,
+            targets=[
+                TargetHeartbeat(name="http://127.0.0.1:8001", queue_size=0),
+                TargetHeartbeat(name="http://127.0.0.1:8101", queue_size=40, oldest_pending_age=90),
+                TargetHeartbeat(name="http://127.0.0.1:8201", queue_size=40, last_error="refused"),
+            ],
+        )
+    )
 
     def summary(agent: str, seen: float) -> AgentSummary:
         from datetime import UTC, datetime
@@ -251,6 +263,11 @@ def test_health_follows_the_alert_thresholds() -> None:
     assert rows["gone"]["health"] == Health.SILENT
     assert rows["gone"]["reasons"][0].startswith("silent for 10 min")
     assert rows["erring"]["health"] == Health.WARNING
+    # Replication: each lagging target is named, with why.
+    assert rows["replicated"]["reasons"][-2:] == [
+        "target http://127.0.0.1:8101: 40 queued, oldest 90 s",
+        "target http://127.0.0.1:8201: refused",
+    ]
     assert rows["fresh"]["incarnation"] == 2
     assert rows["fresh"]["seq"] == 5
     assert [r["agent_id"] for r in data.agents_view(stored)][:2] == ["backlog", "laggy"]

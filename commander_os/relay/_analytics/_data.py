@@ -266,11 +266,21 @@ _UNSEEN = AgentActivity("")
 
 
 def _warnings(beat: dict[str, Any]) -> list[str]:
-    """What an agent's heartbeat reports that is wrong, short of being behind."""
+    """What an agent's heartbeat reports that is wrong, short of being behind: with several
+    delivery targets (replication), each lagging target by name."""
     reasons = []
     if beat.get("dead_letters"):
         reasons.append(f"{beat['dead_letters']:,} dead letters")
-    if beat.get("last_error"):
+    targets = beat.get("targets") or []
+    if len(targets) > 1:
+        for target in targets:
+            if target.get("last_error"):
+                reasons.append(f"target {target['name']}: {target['last_error']}")
+            elif target.get("queue_size"):
+                age = target.get("oldest_pending_age")
+                waited = "" if age is None else f", oldest {describe_age(age)}"
+                reasons.append(f"target {target['name']}: {target['queue_size']:,} queued{waited}")
+    elif beat.get("last_error"):
         reasons.append(f"last error: {beat['last_error']}")
     return reasons
 
