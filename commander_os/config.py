@@ -231,10 +231,11 @@ class StorageConfig(_Settings):
     #: Seconds ``close()`` keeps shipping what is queued (retrying a relay that blinks) before
     #: it closes anyway; what could not ship stays queued for the next open.
     close_timeout: float = Field(default=10.0, ge=0, le=3600)
-    #: Seconds a shipper lets new changes gather for the next request while one is in flight
-    #: (an idle relay still gets a lone write at once).
+    #: While a request is in flight, new changes gather for the next one until its answer
+    #: arrives (an idle relay still gets a lone write at once); only a backlog sends the next
+    #: request earlier, this many seconds after the previous one.
     sync_linger: float = Field(default=0.002, ge=0, le=1)
-    #: Requests one shipper keeps in flight to a relay (pipelining drains backlogs faster).
+    #: Requests one shipper keeps in flight to a relay while a backlog drains.
     sync_pipeline: int = Field(default=4, ge=1, le=64)
     #: Seconds between two cheap looks for changes committed by other processes.
     poll_interval: float = Field(default=1.0, gt=0, le=3600)

@@ -291,11 +291,20 @@ def is_registered(conn: sqlite3.Connection, table: SyncedTable, *, triggers: boo
 
 
 def registered_tables(conn: sqlite3.Connection) -> dict[str, SyncedTable]:
-    """Every table registered for sync in this database."""
-    return {
-        name: SyncedTable(name, tuple(orjson.loads(pk)), tuple(orjson.loads(js)))
-        for name, pk, js in conn.execute(SELECT_REGISTRATIONS)
-    }
+    """Every table registered for sync in this database (a new dict each call)."""
+    return dict(_parsed_registrations(tuple(conn.execute(SELECT_REGISTRATIONS))))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_registrations(
+    rows: tuple[tuple[str, str, str], ...],
+) -> tuple[tuple[str, SyncedTable], ...]:
+    # The shipper reads the registrations on every draft; parsing (and validating) them again
+    # each time cost more than the read. Keyed by the rows themselves, so never stale.
+    return tuple(
+        (name, SyncedTable(name, tuple(orjson.loads(pk)), tuple(orjson.loads(js))))
+        for name, pk, js in rows
+    )
 
 
 def install_triggers(conn: sqlite3.Connection, table: SyncedTable) -> None:

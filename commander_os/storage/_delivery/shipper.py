@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from commander_os.config import StorageConfig, read_token
@@ -43,7 +43,8 @@ class _RouteKey:
 class Shipper:
     """Delivers the outboxes of the stores of one process (see the module docstring).
 
-    ``background=False`` runs no threads: tests drive :meth:`step` themselves.
+    ``background=False`` runs no threads and sends no heartbeats: tests drive :meth:`step`
+    themselves, and see only the requests their steps make.
     """
 
     _process: ClassVar[Shipper | None] = None
@@ -127,7 +128,10 @@ class Shipper:
         key = _RouteKey(target, token, ca_file, config.request_timeout)
         route = self.routes.get(key)
         if route is None:
-            route = Route(target.name, self._client_factory(target, config), _settings(config))
+            settings = _settings(config)
+            if not self.background:
+                settings = replace(settings, heartbeat_interval=0.0)
+            route = Route(target.name, self._client_factory(target, config), settings)
             self.routes[key] = route
             if self.background:
                 route.start()
