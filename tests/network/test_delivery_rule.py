@@ -137,6 +137,29 @@ async def test_a_store_behind_the_relay_is_reincarnated_and_its_writes_win(
     assert "k6" not in await held(store)
 
 
+async def test_a_grant_whose_answer_was_lost_is_given_again_not_fenced(
+    relay: httpx.AsyncClient, store: CentralStore
+) -> None:
+    inc = await granted(relay)
+    await deliver(relay, segment(inc, 0, 0, [1, 2, 3]))
+    # The store drafts again from seq 1 (its window voided): behind the relay, so a grant...
+    behind = segment(inc, 1, 1, [2, 3], key="j")
+    (first,) = await deliver(relay, behind)
+    assert first["verdict"] == "reincarnate"
+    # ... whose answer is lost. The same segment again gets the same grant: this is the store
+    # the incarnation was granted to, not one that was taken over.
+    (again,) = await deliver(relay, behind)
+    assert (again["verdict"], again["incarnation"]) == ("reincarnate", first["incarnation"])
+    (resent,) = await deliver(relay, segment(first["incarnation"], 1, 1, [2, 3], key="j"))
+    assert resent["verdict"] == "applied"
+    # A lost claim's answer likewise: one claim, one new incarnation.
+    claim = segment(first["incarnation"], 3, 3, [], claim=True)
+    (claimed,) = await deliver(relay, claim)
+    (claimed_again,) = await deliver(relay, claim)
+    assert claimed_again["verdict"] == "reincarnate"
+    assert claimed_again["incarnation"] == claimed["incarnation"] > first["incarnation"]
+
+
 async def test_a_claim_takes_the_agent_over(relay: httpx.AsyncClient) -> None:
     inc = await granted(relay)
     await deliver(relay, segment(inc, 0, 0, [1]))

@@ -49,6 +49,10 @@ class AgentState:
     #: ``(incarnation, seq_hi)``: a store behind that is a restore of an older state (it gets a
     #: new incarnation); one at or past it is the store that was taken over (it is fenced).
     finals: tuple[tuple[int, int], ...] = ()
+    #: The ``segment_id`` the current incarnation was granted in answer to (0: none): when
+    #: that answer was lost, the store resends the segment as it was, and gets the same grant
+    #: again rather than being taken for a store that was taken over.
+    granted_for: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,7 @@ def _grant(state: AgentState, header: SegmentHeader) -> tuple[Outcome, AgentStat
         header.acked,
         highest_version=state.highest_version,
         finals=finals[-FINALS_KEPT:],
+        granted_for=header.segment_id,
     )
     return outcome, fresh
 
@@ -131,6 +136,13 @@ def _same_incarnation(state: AgentState, header: SegmentHeader) -> tuple[Outcome
 
 def judge(state: AgentState, header: SegmentHeader) -> tuple[Outcome, AgentState]:
     """The verdict on one segment and the agent's state after it."""
+    granted_again = state.granted_for and header.segment_id == state.granted_for
+    if granted_again and header.incarnation < state.incarnation:
+        # The segment this incarnation was granted for, again: its answer was lost.
+        again = Outcome(
+            Verdict.REINCARNATE, state.incarnation, header.acked, state.incarnation, state.seq_hi
+        )
+        return again, state
     if header.claim or header.incarnation == 0:
         return _grant(state, header)
     if header.incarnation < state.incarnation:
@@ -184,15 +196,20 @@ def judge_segments(
 
 def state_of(incarnation: int, seq_hi: int, recent: str, highest_version: int) -> AgentState:
     """An agent's state from its stored columns (``recent``: JSON text of
-    ``{"landed": [[base, through, id], ...], "finals": [[incarnation, seq_hi], ...]}``)."""
+    ``{"landed": [[base, through, id], ...], "finals": [[incarnation, seq_hi], ...],
+    "granted_for": segment_id}``)."""
     memory = orjson.loads(recent)
     if isinstance(memory, list):  # the column's default, before anything was remembered
         memory = {"landed": memory, "finals": []}
     landed = tuple((int(b), int(t), int(i)) for b, t, i in memory["landed"])
     finals = tuple((int(n), int(s)) for n, s in memory["finals"])
-    return AgentState(int(incarnation), int(seq_hi), landed, int(highest_version), finals)
+    granted_for = int(memory.get("granted_for", 0))
+    return AgentState(
+        int(incarnation), int(seq_hi), landed, int(highest_version), finals, granted_for
+    )
 
 
 def recent_text(state: AgentState) -> str:
     """What ``state`` remembers of segments and incarnations, as the JSON text kept."""
-    return orjson.dumps({"landed": state.recent, "finals": state.finals}).decode()
+    memory = {"landed": state.recent, "finals": state.finals, "granted_for": state.granted_for}
+    return orjson.dumps(memory).decode()

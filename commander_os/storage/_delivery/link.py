@@ -332,19 +332,25 @@ class StoreLink:
                 )
         lane.reported = (error, reachable)
 
-    def take_incarnation(self, granted: int, *, claimed: bool) -> int:
-        """A relay granted ``granted``: the store's incarnation becomes at least that."""
+    def take_incarnation(self, lane: Lane, granted: int, *, claimed: bool) -> int:
+        """``lane``'s relay granted ``granted``: the store's incarnation becomes at least that.
+
+        ``lane`` drafts again under it. The other lanes do only if the incarnation changed: a
+        window still valid, drafted again, would look to its relay like a store behind it
+        (and cost yet another incarnation)."""
         with self.writing("a new incarnation") as conn:
             current = identity.incarnation(conn)
             value = max(current, granted)
-            identity.set_incarnation(conn, value)
+            if value != current:
+                identity.set_incarnation(conn, value)
             if claimed:
                 identity.set_claim(conn, False)
                 identity.clear_conflict(conn)
         if claimed:
             self.fenced = False
         for other in self.lanes.values():
-            other.restart()
+            if other is lane or value != current:
+                other.restart()
         self.notify_changed()
         return value
 

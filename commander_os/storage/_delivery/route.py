@@ -485,7 +485,7 @@ class Route:
                 lane.dirty = True
         elif ack.verdict is Verdict.REINCARNATE:
             claimed = bool(piece.segment.get("claim"))
-            value = link.take_incarnation(ack.incarnation, claimed=claimed)
+            value = link.take_incarnation(lane, ack.incarnation, claimed=claimed)
             _log.info(
                 "agent %s: %s granted incarnation %d%s",
                 link.agent_id,
