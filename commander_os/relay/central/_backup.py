@@ -163,6 +163,13 @@ def backup_folder(config: RelayConfig) -> Path:
     return config.backup_dir or config.agent_storage_dir / "backups"
 
 
+def _backup_and_prune(
+    data_dir: Path, folder: Path, key: str | None, keep: int
+) -> tuple[Path, list[Path]]:
+    path, _ = backup_central(data_dir, folder, encryption_key=key)
+    return path, prune_relay_backups(folder, keep)
+
+
 async def backup_loop(config: RelayConfig) -> None:
     """Back the SQLite central store up every ``backup_interval`` seconds (until cancelled)."""
     interval = config.backup_interval
@@ -173,10 +180,10 @@ async def backup_loop(config: RelayConfig) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            path, _ = await asyncio.to_thread(
-                backup_central, config.agent_storage_dir, folder, encryption_key=key
+            # One job in the thread: a loop cancelled meanwhile still prunes what it wrote.
+            path, removed = await asyncio.to_thread(
+                _backup_and_prune, config.agent_storage_dir, folder, key, config.backup_keep
             )
-            removed = await asyncio.to_thread(prune_relay_backups, folder, config.backup_keep)
             _log.info("relay backup %s (%d older removed)", path, len(removed))
         except _BACKUP_FAILURES as exc:
             _log.warning("scheduled relay backup failed: %s", exc)
