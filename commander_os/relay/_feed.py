@@ -153,6 +153,24 @@ class ChangeNotifier:
         return found
 
 
+def _start(request: QueryRequest, has_window: bool) -> tuple[int, bool]:
+    """Where a page starts (the cursor's rev) and whether the window may answer it."""
+    if request.cursor is None:
+        return 0, False
+    try:
+        return decode_cursor(request.cursor), has_window
+    except InvalidCursor:
+        return 0, False  # the store's query refuses it, with the caller's answer
+
+
+async def _wait_for_news(notifier: ChangeNotifier, event: asyncio.Event, remaining: float) -> None:
+    """Sleep until a commit is announced, at most ``remaining`` (and a re-check) seconds."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_SECONDS))
+    if not event.is_set():
+        notifier.notify()  # nothing announced for a while: look anyway
+
+
 async def changes_page(
     notifier: ChangeNotifier,
     query: Query,
@@ -171,30 +189,24 @@ async def changes_page(
     """
     deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
     limit = request.limit if limit_cap is None else min(request.limit, limit_cap)
-    windowed = source is not None and head is not None and request.cursor is not None
-    try:
-        after = 0 if request.cursor is None else decode_cursor(request.cursor)
-    except InvalidCursor:
-        after, windowed = 0, False  # the store's query refuses it, with the caller's answer
+    window = (source, head) if source is not None and head is not None else None
+    after, windowed = _start(request, window is not None)
     while True:
         event = notifier.event  # taken before looking, so no announcement slips between
         records: list[StoredRecord] | None = None
-        if windowed and source is not None and head is not None:
-            await notifier.refresh(source, head)
+        if windowed and window is not None:
+            await notifier.refresh(*window)
             records = notifier.answer(after, request, limit)
         remaining = deadline - time.monotonic()
         if not records and (records is None or remaining <= 0):
             base = notifier.base  # before the query: an empty answer read at least up to it
             records = list((await query(request)).records)
             remaining = deadline - time.monotonic()
-            if not records and base is not None and source is not None and head is not None:
+            if not records and base is not None and window is not None:
                 # Nothing matching up to the window's start: the window answers from here.
                 after, windowed = max(after, base), True
         if records or remaining <= 0:
             break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=min(remaining, RECHECK_SECONDS))
-        if not event.is_set():
-            notifier.notify()  # nothing announced for a while: look anyway
+        await _wait_for_news(notifier, event, remaining)
     cursor = _encode_cursor(records[-1].rev) if records else request.cursor
     return records, cursor
