@@ -47,7 +47,7 @@ from commander_os.protocol import (
     parse_field_path,
     ts_to_micros,
 )
-from commander_os.relay.central._base import ROW_COLUMNS
+from commander_os.relay.central._base import ROW_COLUMNS, served_by_index
 
 __all__ = [
     "MAX_WALK_ROWS",
@@ -149,14 +149,6 @@ class _Field:
             for token in _SLOTS.finditer(template)
         ]
         return template.replace("{x}", self.sql), params
-
-
-def served_by_index(clause: FieldFilter, indexed: frozenset[str]) -> bool:
-    """Whether a field index (``commander-os relay index add``) answers ``clause``: ``eq`` and
-    ``in`` on an indexed field without array indexes (the index holds ``data #> path``)."""
-    if clause.op not in (FilterOp.EQ, FilterOp.IN) or clause.field not in indexed:
-        return False
-    return all(isinstance(segment, str) for segment in parse_field_path(clause.field))
 
 
 def _eq(field: _Field, value: Any) -> tuple[str, list[Any]]:

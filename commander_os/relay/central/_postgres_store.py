@@ -68,7 +68,7 @@ from commander_os.relay.central._group_commit import (
 from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
-from commander_os.relay.central._postgres_query import build_query, served_by_index
+from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import REV_BLOCK, check_schema_name, migrate
 from commander_os.relay.central._postgres_upkeep import (
     CHURNED_TABLES,
@@ -564,19 +564,10 @@ class PostgresCentralStore(CentralStore):
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        try:
-            return await self._select_within_budget(request, limit)
-        except QueryTimeout as exc:
-            unindexed = sorted(
-                {c.field for c in request.where if not served_by_index(c, self._indexed)}
-            )
-            if not unindexed:
-                raise
-            # A filter no index serves reads the rows one by one: name the index that would.
-            raise QueryTimeout(
-                f"{exc}; no index serves the filter on {', '.join(unindexed)}: create one with "
-                f"'commander-os relay index add {unindexed[0]}' (eq and in filters use it)"
-            ) from exc
+        return await self._select_within_budget(request, limit)
+
+    def _indexed_fields(self) -> frozenset[str]:
+        return self._indexed
 
     async def _select_within_budget(
         self, request: QueryRequest, limit: int

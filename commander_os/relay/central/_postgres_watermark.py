@@ -127,8 +127,9 @@ class Watermark:
     def _advance(self, tick: int, last: int, running: frozenset[int]) -> None:
         self._done = tick
         if self._pending and self._pending[-1][2] == running:
-            # Waiting on the same transactions as the last candidate: this one replaces it.
-            self._pending[-1] = (tick, last, running)
+            # Waiting on the same transactions as the last candidate: this one replaces it,
+            # keeping its tick number (readers waiting for that tick wait for this one).
+            self._pending[-1] = (self._pending[-1][0], last, running)
         elif len(self._pending) < MAX_PENDING:
             # Past the cap a candidate is dropped: only progress is lost, a later tick makes up.
             self._pending.append((tick, last, running))
