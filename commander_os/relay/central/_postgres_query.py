@@ -16,8 +16,9 @@ is assembled from the fixed fragments below. Semantics are the contract's (``cen
 between walking the ``rev`` order until the page is full (best when many rows
 match: 0.5 ms for a value held by 10% of 1M rows) and collecting every index hit then sorting
 them by ``rev`` (best for rare values). When the request's other filters are served in ``rev``
-order by an index of the change log (no identity filter: ``changes_rev``; one agent and a
-table: ``changes_agent_table_rev``) and a clause has a field index, one statement does both:
+order by an index of the change log (no identity filter: ``changes_rev``; one agent:
+``changes_agent_rev``, or ``changes_agent_table_rev`` with a table) and a clause has a field
+index, one statement does both:
 
 1. ``hits``: walk the first ``WALK_ROWS_PER_ROW * limit`` candidate rows (at most
    ``MAX_WALK_ROWS``) in ``rev`` order and keep the first ``limit`` that match (it stops as
@@ -242,7 +243,7 @@ def _walkable(request: QueryRequest) -> bool:
         return False
     if agents is None:
         return request.table is None
-    return len(set(agents)) == 1 and request.table is not None
+    return len(set(agents)) == 1
 
 
 def build_query(
