@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -30,6 +30,7 @@ from commander_os.protocol import QueryRequest, format_ts
 from commander_os.relay._process import RelayProcess
 from commander_os.relay.central import PostgresCentralStore
 from commander_os.relay.central._postgres_schema import MIGRATIONS, REV_BLOCK
+from commander_os.relay.central._postgres_store import application_name
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -58,7 +59,8 @@ async def test_a_rev_that_commits_late_is_not_skipped(schema_url: tuple[str, str
     try:
         await store.apply([make_record("first", 1, {"n": 1})])
         assert [r.key for r in (await store.query(QueryRequest())).records] == ["first"]
-        writer = with_search_path(url, schema) + "&application_name=commander-os%20relay%20writers"
+        name = quote(application_name("writers", schema))
+        writer = with_search_path(url, schema) + f"&application_name={name}"
         with psycopg.connect(writer) as slow:
             # A writer that took its id and drew a rev, and has not committed yet.
             slow.execute("SELECT pg_current_xact_id()")

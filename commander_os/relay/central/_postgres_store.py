@@ -91,9 +91,16 @@ _log = logging.getLogger("commander_os.relay.central")
 MAX_GROUP_RECORDS = 10_000
 DEFAULT_POOL_SIZE = 8
 #: Sessions of a relay are named this plus their role (operators and the watermark tell them
-#: apart by it): only ``WRITER_APPLICATION`` sessions draw revisions.
+#: apart by it): only "writers" sessions draw revisions.
 APPLICATION_PREFIX = "commander-os relay "
-WRITER_APPLICATION = APPLICATION_PREFIX + "writers"
+
+
+def application_name(role: str, schema: str | None) -> str:
+    """A relay session's ``application_name``: its role, and its schema when it has one, so
+    one store's watermark never waits on another schema's writers (63 characters at most)."""
+    return (APPLICATION_PREFIX + role + (f" {schema}" if schema else ""))[:63]
+
+
 #: Seconds between upkeep passes (retention sweep, vacuum, the list of field indexes).
 UPKEEP_SECONDS = 30.0
 #: Read after a page's query when it has a cursor (see ``_select``).
@@ -357,7 +364,7 @@ class PostgresCentralStore(CentralStore):
                 "autocommit": True,
                 "connect_timeout": max(1, round(self.connect_timeout)),
                 # Operators (and the lock tests) tell the relay's sessions apart by this.
-                "application_name": APPLICATION_PREFIX + role,
+                "application_name": application_name(role, self.schema),
             },
             min_size=1,
             max_size=size,
@@ -650,7 +657,9 @@ class PostgresCentralStore(CentralStore):
             # Two statements, so the list is read after the rev (see the watermark).
             async with conn.pipeline():
                 last = await conn.execute(READ_LAST_REV, (REV_BLOCK,))
-                listed = await conn.execute(READ_RUNNING, (WRITER_APPLICATION,))
+                listed = await conn.execute(
+                    READ_RUNNING, (application_name("writers", self.schema),)
+                )
             (last_rev,) = await last.fetchone() or (0,)
             (running,) = await listed.fetchone() or ([],)
         except psycopg.Error:
