@@ -554,7 +554,7 @@ def _pg_ingest_once(
             while any(thread.is_alive() for thread in threads):
                 for (event,) in conn.execute(
                     "SELECT wait_event FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND application_name = 'commander-os relay writers'"
+                    "AND application_name LIKE 'commander-os relay writers%'"
                 ):
                     waits[str(event)] = waits.get(str(event), 0) + 1
                 samples += 1

@@ -3,13 +3,15 @@ or rare values, page after page; the plan uses the index; add, list and drop."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from relay_helpers import make_record
 
+from commander_os.errors import QueryTimeout
 from commander_os.protocol import QueryRequest
-from commander_os.relay.central import CentralStore
+from commander_os.relay.central import CentralStore, SQLiteCentralStore
 from commander_os.relay.central._base import field_index_name
 
 pytestmark = pytest.mark.anyio
@@ -79,3 +81,16 @@ async def test_an_index_changes_no_answer_and_serves_rare_values(
     assert [i.field for i in await central_store.field_indexes()] == ["status"]
     with pytest.raises(ValueError, match="array position"):
         await central_store.add_field_index("status.0")
+
+
+async def test_a_filter_no_index_serves_names_the_index_on_sqlite(tmp_path: Path) -> None:
+    store = SQLiteCentralStore.in_directory(tmp_path / "central", query_timeout=0.002)
+    async with store:
+        for start in range(0, 40_000, 10_000):
+            await store.apply(
+                [make_record(f"k{i:06d}", 1, {"n": i}) for i in range(start, start + 10_000)]
+            )
+        # 2 ms: a scan of 40,000 records cannot make it.
+        request = QueryRequest(where=[{"field": "missing", "op": "eq", "value": 1}])
+        with pytest.raises(QueryTimeout, match="relay index add missing"):
+            await store.query(request)

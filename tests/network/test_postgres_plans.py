@@ -90,8 +90,21 @@ async def test_agent_and_field_walks_the_agents_log(store: PostgresCentralStore)
     plan = await _plan(
         store, agent_id="a03", table="kv", where=[{"field": "n", "op": "lt", "value": 5}]
     )
-    assert "changes_agent_table_rev" in plan
+    # That agent's log in rev order (with or without its table in the index), not the whole.
+    assert "changes_agent_table_rev" in plan or "changes_agent_rev" in plan
     assert "Seq Scan" not in plan
+
+
+async def test_agent_and_field_without_a_table_walks_only_that_agent(
+    store: PostgresCentralStore,
+) -> None:
+    request = QueryRequest(agent_id="a03", where=[{"field": "n", "op": "gte", "value": 990}])
+    plan = await store.explain(request)
+    assert "changes_agent_rev" in "\n".join(plan.steps), plan.steps
+    # It reads that agent's changes (1,000), not the whole log (20,000).
+    assert plan.examined is not None
+    assert plan.examined <= PER_AGENT + 10
+    assert len((await store.query(request)).records) == 10
 
 
 async def test_field_eq_uses_the_field_index(store: PostgresCentralStore) -> None:

@@ -59,7 +59,6 @@ async def test_a_rev_that_commits_late_is_not_skipped(schema_url: tuple[str, str
     try:
         await store.apply([make_record("first", 1, {"n": 1})])
         assert [r.key for r in (await store.query(QueryRequest())).records] == ["first"]
-        # A session named as this store's writers are (their schema is part of the name).
         name = quote(application_name("writers", schema))
         writer = with_search_path(url, schema) + f"&application_name={name}"
         with psycopg.connect(writer) as slow:
@@ -264,7 +263,7 @@ def _terminate_writers(url: str, stop: threading.Event, killed: list[int]) -> No
         while not stop.wait(0.4):
             row = conn.execute(
                 "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'commander-os relay writers%' "
+                "WHERE application_name = 'commander-os relay writers' "
                 "AND datname = current_database() ORDER BY random() LIMIT 1"
             ).fetchone()
             if row is not None:
@@ -281,7 +280,7 @@ def _sample_locks(url: str, stop: threading.Event, samples: dict[str, Any]) -> N
                 SELECT pid, wait_event_type, wait_event, xact_start IS NOT NULL, client_port
                 FROM pg_stat_activity
                 WHERE datname = current_database()
-                  AND application_name LIKE 'commander-os relay writers%'
+                  AND application_name = 'commander-os relay writers'
                 """
             ).fetchall()
             samples["taken"] += 1
@@ -296,7 +295,7 @@ def _sample_locks(url: str, stop: threading.Event, samples: dict[str, Any]) -> N
                 """
                 SELECT l.locktype, l.relation::regclass::text, l.mode
                 FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid
-                WHERE NOT l.granted AND s.application_name LIKE 'commander-os relay writers%'
+                WHERE NOT l.granted AND s.application_name = 'commander-os relay writers'
                   AND s.datname = current_database()
                   AND l.locktype <> 'extend'
                 """

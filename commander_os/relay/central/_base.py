@@ -47,12 +47,15 @@ from commander_os.protocol import (
     AgentSummary,
     ChangeRecord,
     EncodedRecord,
+    FieldFilter,
+    FilterOp,
     QueryRequest,
     QueryResponse,
     StoredRecord,
     encode_cursor,
     encode_records,
     micros_to_ts,
+    parse_field_path,
 )
 from commander_os.relay.central._group_commit import GroupWriter, SegmentResult
 from commander_os.relay.central._identity import WriteSegment
@@ -68,6 +71,7 @@ __all__ = [
     "QueryTimeout",
     "StoreHealth",
     "field_index_name",
+    "served_by_index",
 ]
 
 #: The columns every backend's query returns, in this order.
@@ -88,6 +92,14 @@ class StoreHealth:
     #: False when the last commit failed for the store's own reason (disk full, database
     #: away, a read-only standby) or the store says it cannot write; reads may still work.
     writable: bool = True
+
+
+def served_by_index(clause: FieldFilter, indexed: frozenset[str]) -> bool:
+    """Whether a field index (``commander-os relay index add``) answers ``clause``: ``eq`` and
+    ``in`` on an indexed field without array positions."""
+    if clause.op not in (FilterOp.EQ, FilterOp.IN) or clause.field not in indexed:
+        return False
+    return all(isinstance(segment, str) for segment in parse_field_path(clause.field))
 
 
 def field_index_name(field: str) -> str:
@@ -227,14 +239,37 @@ class CentralStore(ABC):
         ``next_cursor`` is set when the page is full (there may be more). Raises
         :class:`InvalidCursor` for a foreign cursor and :class:`QueryTimeout` past the budget.
         """
-        return self._page(request, await self._select(request, request.limit + 1))
+        try:
+            rows = await self._select(request, request.limit + 1)
+        except QueryTimeout as exc:
+            raise self._naming_the_index(exc, request) from exc
+        return self._page(request, rows)
 
     async def query_counted(self, request: QueryRequest) -> tuple[QueryResponse, int | None]:
         """:meth:`query`, and the rows the store examined to answer it where the backend can
         count them while it runs (``None`` otherwise; :meth:`explain` then measures a sample).
         """
-        rows, examined = await self._select_counted(request, request.limit + 1)
+        try:
+            rows, examined = await self._select_counted(request, request.limit + 1)
+        except QueryTimeout as exc:
+            raise self._naming_the_index(exc, request) from exc
         return self._page(request, rows), examined
+
+    def _indexed_fields(self) -> frozenset[str]:
+        """The fields with a value index (none, unless the backend keeps field indexes)."""
+        return frozenset()
+
+    def _naming_the_index(self, exc: QueryTimeout, request: QueryRequest) -> QueryTimeout:
+        """``exc``, naming the index to create when a field filter had none to use."""
+        indexed = self._indexed_fields()
+        unindexed = sorted({c.field for c in request.where if not served_by_index(c, indexed)})
+        if not unindexed:
+            return exc
+        # A filter no index serves reads the rows one by one: name the index that would.
+        return QueryTimeout(
+            f"{exc}; no index serves the filter on {', '.join(unindexed)}: create one with "
+            f"'commander-os relay index add {unindexed[0]}' (eq and in filters use it)"
+        )
 
     async def explain(self, request: QueryRequest) -> QueryPlan:
         """The store's plan for ``request`` (PostgreSQL runs it once to measure it: call this

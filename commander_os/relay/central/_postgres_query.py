@@ -16,8 +16,9 @@ is assembled from the fixed fragments below. Semantics are the contract's (``cen
 between walking the ``rev`` order until the page is full (best when many rows
 match: 0.5 ms for a value held by 10% of 1M rows) and collecting every index hit then sorting
 them by ``rev`` (best for rare values). When the request's other filters are served in ``rev``
-order by an index of the change log (no identity filter: ``changes_rev``; one agent and a
-table: ``changes_agent_table_rev``) and a clause has a field index, one statement does both:
+order by an index of the change log (no identity filter: ``changes_rev``; one agent:
+``changes_agent_rev``, or ``changes_agent_table_rev`` with a table) and a clause has a field
+index, one statement does both:
 
 1. ``hits``: walk the first ``WALK_ROWS_PER_ROW * limit`` candidate rows (at most
    ``MAX_WALK_ROWS``) in ``rev`` order and keep the first ``limit`` that match (it stops as
@@ -47,7 +48,7 @@ from commander_os.protocol import (
     parse_field_path,
     ts_to_micros,
 )
-from commander_os.relay.central._base import ROW_COLUMNS
+from commander_os.relay.central._base import ROW_COLUMNS, served_by_index
 
 __all__ = [
     "MAX_WALK_ROWS",
@@ -151,14 +152,6 @@ class _Field:
         return template.replace("{x}", self.sql), params
 
 
-def served_by_index(clause: FieldFilter, indexed: frozenset[str]) -> bool:
-    """Whether a field index (``commander-os relay index add``) answers ``clause``: ``eq`` and
-    ``in`` on an indexed field without array indexes (the index holds ``data #> path``)."""
-    if clause.op not in (FilterOp.EQ, FilterOp.IN) or clause.field not in indexed:
-        return False
-    return all(isinstance(segment, str) for segment in parse_field_path(clause.field))
-
-
 def _eq(field: _Field, value: Any) -> tuple[str, list[Any]]:
     if not _finite(value):
         return _NEVER, []
@@ -250,7 +243,7 @@ def _walkable(request: QueryRequest) -> bool:
         return False
     if agents is None:
         return request.table is None
-    return len(set(agents)) == 1 and request.table is not None
+    return len(set(agents)) == 1
 
 
 def build_query(

@@ -192,6 +192,13 @@ FROM records r JOIN changes c
   ON c.agent_id = r.agent_id AND c.key = r.key AND c.tbl = r.tbl AND c.rev = r.rev;
 """
 
+#: One agent's changes in rev order whatever their table: a filter on an agent without a table
+#: walks only that agent's log (it walked the whole log's rev order, skipping other agents:
+#: 12 -> 278 ms for a 1% match at 1M records).
+V7_AGENT_LOG = """
+CREATE INDEX changes_agent_rev ON changes (agent_id, rev);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rev counter, agents", V1_RECORDS),
     Migration(2, "relay receive times; each agent's delivery identity", V2_IDENTITY),
@@ -199,6 +206,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "records apart from the change log; opt-in field indexes", V4_STATE_AND_LOG),
     Migration(5, "live records per agent and table, kept by every commit", V5_TABLE_STATS),
     Migration(6, "reads of the rev order walk the log", V6_LOG_DRIVEN_READS),
+    Migration(7, "each agent's changes in rev order", V7_AGENT_LOG),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

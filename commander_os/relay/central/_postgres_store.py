@@ -38,13 +38,12 @@ import contextlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 import orjson
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -68,7 +67,8 @@ from commander_os.relay.central._group_commit import (
 from commander_os.relay.central._identity import AgentState, WriteSegment
 from commander_os.relay.central._identity import recent_text as _recent_text
 from commander_os.relay.central._identity import state_of as _state
-from commander_os.relay.central._postgres_query import build_query, served_by_index
+from commander_os.relay.central._postgres_notify import Announcer
+from commander_os.relay.central._postgres_query import build_query
 from commander_os.relay.central._postgres_schema import REV_BLOCK, check_schema_name, migrate
 from commander_os.relay.central._postgres_upkeep import (
     CHURNED_TABLES,
@@ -96,11 +96,9 @@ APPLICATION_PREFIX = "commander-os relay "
 
 
 def application_name(role: str, schema: str | None) -> str:
-    """The ``application_name`` of a relay session of ``role``. The schema is part of it: the
-    watermark waits only for writers of its own schema, never for relays of other schemas (or
-    their stuck transactions) sharing the database."""
-    name = APPLICATION_PREFIX + role + (f" {schema}" if schema else "")
-    return name[:63]  # PostgreSQL's limit (NAMEDATALEN - 1)
+    """A relay session's ``application_name``: its role, and its schema when it has one, so
+    one store's watermark never waits on another schema's writers (63 characters at most)."""
+    return (APPLICATION_PREFIX + role + (f" {schema}" if schema else ""))[:63]
 
 
 #: Seconds between upkeep passes (retention sweep, vacuum, the list of field indexes).
@@ -201,7 +199,6 @@ FROM pg_stat_activity
 WHERE backend_xid IS NOT NULL AND datname = current_database() AND application_name = %s
 """
 EXPLAIN_ANALYZE = "EXPLAIN (ANALYZE, FORMAT JSON) "
-NOTIFY = "SELECT pg_notify(%s, %s)"
 CONFIGURE_SESSION = """
 SELECT set_config('statement_timeout', %s, false),
        set_config('synchronous_commit', %s, false),
@@ -305,13 +302,9 @@ class PostgresCentralStore(CentralStore):
         #: Fields with a usable index (refreshed by each upkeep pass).
         self._indexed: frozenset[str] = frozenset()
         self._upkeep_task: asyncio.Task[None] | None = None
-        # LISTEN/NOTIFY between relays: commits are announced on a channel of the schema's.
-        self._channel = "commander_os_changes" + (f"_{self.schema}" if self.schema else "")
-        self._instance = uuid.uuid4().hex
-        self._listen_task: asyncio.Task[None] | None = None
-        self._notify_task: asyncio.Task[None] | None = None
-        self._notify_again = False
-        self._notify_conn: AsyncConnection[Any] | None = None
+        # Relays on one database wake each other, on a channel of the schema's.
+        channel = "commander_os_changes" + (f"_{self.schema}" if self.schema else "")
+        self._announcer = Announcer(channel, self._connect, self._heard)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -345,7 +338,7 @@ class PostgresCentralStore(CentralStore):
         self._writer = GroupWriter(self._commit, _commit_failure, max_records=MAX_GROUP_RECORDS)
         self._writer.start()
         self._upkeep_task = asyncio.create_task(self._upkeep_loop(), name="central-upkeep")
-        self._listen_task = asyncio.create_task(self._listen(), name="central-listen")
+        self._announcer.start()
 
     async def _prepare(self, conn: AsyncConnection[Any]) -> None:
         """Create the configured field indexes that are missing; warn if autovacuum is off."""
@@ -406,15 +399,12 @@ class PostgresCentralStore(CentralStore):
             return
         await writer.stop()
         await self._watermark.stop()
-        for task in (self._upkeep_task, self._listen_task, self._notify_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._upkeep_task = self._listen_task = self._notify_task = None
-        notify_conn, self._notify_conn = self._notify_conn, None
-        if notify_conn is not None:
-            await notify_conn.close()
+        await self._announcer.stop()
+        upkeep, self._upkeep_task = self._upkeep_task, None
+        if upkeep is not None:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
         self._writer = self._readers = self._writers = None
         probe, self._probe_task = self._probe_task, None
         if probe is not None:
@@ -442,50 +432,13 @@ class PostgresCentralStore(CentralStore):
         except _UNAVAILABLE as exc:
             raise CentralStoreUnavailable(f"central store unavailable: {_one_line(exc)}") from exc
         self._watermark.poke()
-        self._notify_others()
+        self._announcer.announce()
         return result
 
-    # -- LISTEN/NOTIFY between relays -----------------------------------------------------
-
-    def _notify_others(self) -> None:
-        """Announce a commit to the other relays on this database (coalesced: one NOTIFY in
-        flight at a time, outside any write transaction, so no commit waits on the server's
-        notification queue lock)."""
-        if self._notify_task is not None and not self._notify_task.done():
-            self._notify_again = True
-            return
-        self._notify_task = asyncio.create_task(self._send_notifies(), name="central-notify")
-
-    async def _send_notifies(self) -> None:
-        self._notify_again = True
-        while self._notify_again:
-            self._notify_again = False
-            try:
-                conn = self._notify_conn
-                if conn is None or conn.closed:
-                    conn = self._notify_conn = await self._connect()
-                await conn.execute(NOTIFY, (self._channel, self._instance))
-            except psycopg.Error as exc:  # others then find the commit on their next re-check
-                _log.debug("change announcement failed: %s", _one_line(exc))
-                self._notify_conn = None
-                return
-
-    async def _listen(self) -> None:
-        """Wake this relay's readers (watermark, change feed) on other relays' commits."""
-        while True:
-            try:
-                conn = await self._connect()
-                try:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    async for note in conn.notifies():
-                        if note.payload != self._instance:
-                            self._watermark.poke()
-                            self._announce_change()
-                finally:
-                    await conn.close()
-            except psycopg.Error as exc:
-                _log.debug("change listener lost its connection: %s", _one_line(exc))
-            await asyncio.sleep(1.0)
+    def _heard(self) -> None:
+        """Another relay committed: read up to it soon, and wake this relay's readers."""
+        self._watermark.poke()
+        self._announce_change()
 
     async def _connect(self) -> AsyncConnection[Any]:
         conn = await AsyncConnection.connect(
@@ -572,24 +525,10 @@ class PostgresCentralStore(CentralStore):
         except (psycopg.Error, PoolClosed) as exc:
             raise CentralStoreUnavailable(f"central store read failed: {_one_line(exc)}") from exc
 
-    async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
-        try:
-            return await self._select_within_budget(request, limit)
-        except QueryTimeout as exc:
-            unindexed = sorted(
-                {c.field for c in request.where if not served_by_index(c, self._indexed)}
-            )
-            if not unindexed:
-                raise
-            # A filter no index serves reads the rows one by one: name the index that would.
-            raise QueryTimeout(
-                f"{exc}; no index serves the filter on {', '.join(unindexed)}: create one with "
-                f"'commander-os relay index add {unindexed[0]}' (eq and in filters use it)"
-            ) from exc
+    def _indexed_fields(self) -> frozenset[str]:
+        return self._indexed
 
-    async def _select_within_budget(
-        self, request: QueryRequest, limit: int
-    ) -> Sequence[Sequence[Any]]:
+    async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
         ceiling = await self._watermark.fresh()
         sql, params = build_query(request, limit=limit, ceiling=ceiling, indexed=self._indexed)
         if request.cursor is None:
@@ -718,8 +657,9 @@ class PostgresCentralStore(CentralStore):
             # Two statements, so the list is read after the rev (see the watermark).
             async with conn.pipeline():
                 last = await conn.execute(READ_LAST_REV, (REV_BLOCK,))
-                writers = application_name("writers", self.schema)
-                listed = await conn.execute(READ_RUNNING, (writers,))
+                listed = await conn.execute(
+                    READ_RUNNING, (application_name("writers", self.schema),)
+                )
             (last_rev,) = await last.fetchone() or (0,)
             (running,) = await listed.fetchone() or ([],)
         except psycopg.Error:

@@ -13,7 +13,7 @@ pipeline, two statements: ``S`` = the highest rev drawn so far, then the ids of 
 writer transactions running at that moment (``backend_xid`` of ``pg_stat_activity``, read from
 the server's table of running transactions; a snapshot's in-progress list would miss ids above
 its ``xmax``, and would hold other applications' transactions too). Only relay writer sessions
-(``application_name`` "commander-os relay writers" and the schema) may draw revs. Any rev
+(``application_name`` "commander-os relay writers", plus the store's schema) may draw revs. Any rev
 ``<= S`` was drawn before ``S`` was read, by a transaction whose id was assigned earlier still,
 so it is in that list, or it had already finished. ``S`` becomes safe once none of those ids is
 running any more at a later tick (at once, if none was running). Ticks cost one round trip
@@ -127,8 +127,9 @@ class Watermark:
     def _advance(self, tick: int, last: int, running: frozenset[int]) -> None:
         self._done = tick
         if self._pending and self._pending[-1][2] == running:
-            # Waiting on the same transactions as the last candidate: this one replaces it.
-            self._pending[-1] = (tick, last, running)
+            # Waiting on the same transactions as the last candidate: this one replaces it,
+            # keeping its tick number (readers waiting for that tick wait for this one).
+            self._pending[-1] = (self._pending[-1][0], last, running)
         elif len(self._pending) < MAX_PENDING:
             # Past the cap a candidate is dropped: only progress is lost, a later tick makes up.
             self._pending.append((tick, last, running))

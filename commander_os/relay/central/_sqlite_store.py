@@ -495,6 +495,9 @@ class SQLiteCentralStore(CentralStore):
         except RuntimeError as exc:  # executor shut down while we were submitting
             raise CentralStoreUnavailable("central store is closed") from exc
 
+    def _indexed_fields(self) -> frozenset[str]:
+        return self._indexed
+
     async def _select(self, request: QueryRequest, limit: int) -> Sequence[Sequence[Any]]:
         rows: tuple[list[tuple[Any, ...]], int] = await self._read(
             self._fetch_page, request, limit, False
