@@ -50,6 +50,7 @@ __all__ = [
     "install_triggers",
     "is_registered",
     "key_values",
+    "last_pending_seq",
     "last_seq",
     "load_changes",
     "oldest_pending_time",
@@ -123,6 +124,7 @@ SELECT_PENDING = (
 )
 SELECT_FLOOR = "SELECT min(acked) FROM _sync_targets"
 SELECT_LAST_SEQ = "SELECT ifnull(max(seq), 0) FROM _sync_queue"
+SELECT_LAST_PENDING = "SELECT ifnull(max(seq), 0) FROM _sync_queue WHERE op != 'mark'"
 COUNT_PENDING = "SELECT COUNT(*) FROM _sync_queue WHERE seq > ? AND op != 'mark'"
 COUNT_DEAD = "SELECT COUNT(*) FROM _dead_letters"
 OLDEST_PENDING = "SELECT MIN(enqueued_at) FROM _sync_queue WHERE seq > ? AND op != 'mark'"
@@ -477,6 +479,11 @@ def floor(conn: sqlite3.Connection) -> int:
 def last_seq(conn: sqlite3.Connection) -> int:
     """The newest seq handed out (0 for a new store)."""
     return int(conn.execute(SELECT_LAST_SEQ).fetchone()[0])
+
+
+def last_pending_seq(conn: sqlite3.Connection) -> int:
+    """The newest seq of a change still queued for some target (0 when none is)."""
+    return int(conn.execute(SELECT_LAST_PENDING).fetchone()[0])
 
 
 def queue_size(conn: sqlite3.Connection, after_seq: int | None = None) -> int:

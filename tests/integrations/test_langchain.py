@@ -44,7 +44,7 @@ def test_writes_are_captured_and_deletes_are_one_transaction(
 ) -> None:
     # compact_outbox off: the test counts every captured change in the queue.
     storage = make_integration_storage(
-        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False, close_timeout=0
     )
     store = CommanderByteStore(storage)
     store.mset([("a", b"\x00\x01"), ("b", b"")])

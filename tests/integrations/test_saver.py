@@ -61,7 +61,7 @@ def test_every_checkpoint_and_write_is_captured(
 ) -> None:
     # compact_outbox off: the test counts every captured change in the queue.
     storage = make_integration_storage(
-        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False, close_timeout=0
     )
     saver = CommanderSaver(storage)
     stored = saver.put(

@@ -119,7 +119,7 @@ def test_sweep_deletes_expired_items_and_replicates_the_deletes(
 ) -> None:
     # compact_outbox off: the test counts every captured change in the queue.
     storage = make_integration_storage(
-        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False, close_timeout=0
     )
     store = CommanderStore(storage)
     store.put(("tmp",), "kept", {"x": 2})  # the store's first write sweeps; the next is not due
@@ -253,7 +253,7 @@ def test_every_write_is_captured_for_the_relay(
 ) -> None:
     # compact_outbox off: the test counts every captured change in the queue.
     storage = make_integration_storage(
-        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False
+        enable_htpc=True, htpc_url=dead_relay_url, compact_outbox=False, close_timeout=0
     )
     store = CommanderStore(storage)
     store.batch([PutOp(("a",), "k1", {"x": 1}), PutOp(("a",), "k2", {"x": 2})])

@@ -153,6 +153,7 @@ def test_tls_failures_fail_closed(
         htpc_token=token,
         htpc_ca_file=certificates[ca],
         request_timeout=5,
+        close_timeout=0,  # the change stays queued: nothing for close() to wait for
     )
     try:
         storage.set("k", {"v": 2})

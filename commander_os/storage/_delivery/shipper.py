@@ -173,7 +173,11 @@ class Shipper:
         every target that answers has it too.
         """
         with link.reading() as conn:
-            top = outbox.last_seq(conn)
+            # What waits to ship: queued changes (a dead-lettered one never will), or, while a
+            # target waits for the store's whole state, everything.
+            top = outbox.last_pending_seq(conn)
+            if not top and any(lane.needs_repair or lane.repair for lane in link.lanes.values()):
+                top = outbox.last_seq(conn)
 
         def delivered() -> bool:
             if not link.acknowledged(top):
