@@ -155,6 +155,15 @@ def _ignore_result(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved, so asyncio does not log "exception never retrieved"
 
 
+def _no_target_answered(failures: list[RelayUnavailable]) -> RelayUnavailable:
+    """The error of a read no target could answer: the one failure, or all of them."""
+    if len(failures) == 1:
+        return failures[0]
+    error = RelayUnavailable("no target could answer: " + "; ".join(map(str, failures)))
+    error.__cause__ = failures[-1]
+    return error
+
+
 class NetworkReads:
     """The network reads of a store (mixed into :class:`~.base_storage.BaseStorage`): every
     agent's data through the relay, blocking or as coroutines, falling back along targets."""
@@ -224,11 +233,7 @@ class NetworkReads:
                 return list(client.query_all(max_records=max_records, **filters))
             except RelayUnavailable as exc:
                 failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        raise RelayUnavailable(
-            "no target could answer: " + "; ".join(str(exc) for exc in failures)
-        ) from failures[-1]
+        raise _no_target_answered(failures)
 
     async def aquery_network(
         self,
@@ -265,11 +270,7 @@ class NetworkReads:
                 return [record async for record in pages]
             except RelayUnavailable as exc:
                 failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        raise RelayUnavailable(
-            "no target could answer: " + "; ".join(str(exc) for exc in failures)
-        ) from failures[-1]
+        raise _no_target_answered(failures)
 
     def get_network_record(
         self, agent_id: str, table: str, key: str, *, target: str | None = None
