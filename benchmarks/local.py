@@ -196,7 +196,7 @@ def _writes_at(stores: dict[str, Store], sizes: Sizes, durability: str) -> list[
         samples,
         {OURS: capture, RAW: None},
         ours=OURS_HTPC,
-        note="outbox trigger cost: ours with enable_htpc=True, relay unreachable",
+        note="outbox trigger cost: ours with enable_htpc=True, relay unreachable, compaction off",
     )
     names = [n for n in (OURS, OURS_HTPC, RAW, DISKCACHE, SQLITEDICT, REDIS) if n in stores]
     batches = _batches(sizes, salt + 10)
